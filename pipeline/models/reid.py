@@ -1,0 +1,73 @@
+"""The ReID encoder: backbone -> pooling -> BN neck -> L2 normalisation.
+
+The embedding is the L2-normalised output of a BatchNorm1d whose bias is frozen at zero (the
+"BN neck"); for ResNet-50 it is 2048-d. The same module serves training and extraction: the
+cluster memory (Eq. 1-3, 6) compares normalised embeddings by dot product.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import PipelineError
+from pipeline.models.backbones import build_resnet, feature_dim
+from pipeline.models.pooling import build_pooling
+from pipeline.models.weights import load_imagenet_weights
+
+log = logging.getLogger(__name__)
+
+PRETRAINED = ("none", "imagenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ReIDModel(nn.Module):
+    """Maps a batch of normalised images (B, 3, H, W) to unit-length embeddings (B, D)."""
+
+    def __init__(self, net: nn.Module, pooling: str, config: dict) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
+        self.pool = build_pooling(pooling)
+        self.feature_dim = feature_dim(net)
+        self.neck = nn.BatchNorm1d(self.feature_dim)
+        nn.init.ones_(self.neck.weight)
+        nn.init.zeros_(self.neck.bias)
+        self.neck.bias.requires_grad_(False)
+        self.config = dict(config)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(self.body(images)).flatten(1)
+        return F.normalize(self.neck(pooled.float()), dim=1)
+
+
+def build_model(
+    arch: str = "resnet50",
+    pooling: str = "avg",
+    pretrained: str = "none",
+    weights_path: str | None = None,
+    last_stride: int = 1,
+) -> ReIDModel:
+    """Build the encoder. ``pretrained='imagenet'`` loads local weights (see ``weights.py``);
+    ``'none'`` is random initialisation, which is logged as a warning because ReID from scratch
+    is far below published numbers."""
+    if pretrained not in PRETRAINED:
+        raise PipelineError(
+            f"unknown pretrained {pretrained!r}; choose one of {', '.join(PRETRAINED)}"
+        )
+    net = build_resnet(arch, last_stride)
+    if pretrained == "imagenet":
+        load_imagenet_weights(net, arch, weights_path)
+    else:
+        log.warning(
+            "RANDOM INITIALISATION: %s starts without pretrained weights (pretrained: none); "
+            "results will be far below ImageNet-initialised ones",
+            arch,
+        )
+    config = {"arch": arch, "pooling": pooling, "last_stride": last_stride}
+    return ReIDModel(net, pooling, config)
