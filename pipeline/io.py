@@ -28,7 +28,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -73,6 +75,7 @@ def read_table(path: str | os.PathLike, required_columns: tuple[str, ...] = ()) 
     missing = [c for c in required_columns if c not in df.columns]
     if missing:
         raise PipelineError(
-            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}"
+            f"{path}: missing column(s) {', '.join(missing)}; "
+            f"found {', '.join(map(str, df.columns))}"
         )
     return df

@@ -125,7 +125,9 @@ def read_features(path: str | os.PathLike, index: pd.DataFrame | None = None) ->
     try:
         h5 = h5py.File(path, "r", locking=False)
     except OSError as exc:
-        raise PipelineError(f"{path}: not a readable HDF5 file ({exc}); delete it and re-extract")
+        raise PipelineError(
+            f"{path}: not a readable HDF5 file ({exc}); delete it and re-extract"
+        ) from exc
     with h5:
         missing = [d for d in ("features", *ROW_DATASETS) if d not in h5]
         missing += [f"attribute {a}" for a in REQUIRED_ATTRS if a not in h5.attrs]

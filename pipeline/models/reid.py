@@ -31,7 +31,14 @@ class ReIDModel(nn.Module):
     def __init__(self, net: nn.Module, pooling: str, config: dict) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+            net.conv1,
+            net.bn1,
+            net.relu,
+            net.maxpool,
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
         )
         self.pool = build_pooling(pooling)
         self.feature_dim = feature_dim(net)

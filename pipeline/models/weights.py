@@ -31,7 +31,7 @@ def torch_cache_dir() -> Path:
 
 
 def imagenet_weights_file(arch: str, weights_path: str | os.PathLike | None) -> Path:
-    """The local file holding ``arch``'s ImageNet weights, or a clear error saying where to put it."""
+    """The local file with ``arch``'s ImageNet weights, or an error saying where to put it."""
     path = Path(weights_path) if weights_path else torch_cache_dir() / IMAGENET_FILES[arch]
     if not path.is_file():
         raise PipelineError(
