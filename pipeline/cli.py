@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "refine": "refine",
     "train-inter": "train_inter",
     "evaluate": "evaluate",
+    "compare": "compare",
     "report": "report",
 }
 
