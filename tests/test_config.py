@@ -1,0 +1,61 @@
+"""Config validation: defaults filled through schema references, bad keys named."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import deep_merge, validate_config
+from pipeline.errors import PipelineError
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+INTER_SCHEMA = ROOT / "workflow" / "schemas" / "inter.schema.yaml"
+
+
+def test_empty_config_gets_every_default_including_referenced_schemas():
+    config = validate_config({}, SCHEMA)
+    assert config["model"]["arch"] == "resnet50"
+    assert config["intra"]["train"]["lr"] == pytest.approx(3.5e-4)
+    assert config["inter"]["train"]["momentum"] == pytest.approx(0.2)
+    assert config["inter"]["refine"] == {
+        "mode": "paper",
+        "schedule": "cosine",
+        "p0": 1.0,
+        "pivot_k": 15,
+    }
+
+
+@pytest.mark.parametrize("config_file", ["config.yaml", "config/paper.yaml"])
+def test_shipped_configs_and_their_experiments_validate(config_file):
+    config = validate_config(yaml.safe_load((ROOT / config_file).read_text()), SCHEMA)
+    for name, overrides in config["experiments"].items():
+        validate_config(deep_merge(config["inter"], overrides), INTER_SCHEMA, name)
+
+
+def test_unknown_key_is_named_with_its_place_and_the_allowed_keys():
+    with pytest.raises(PipelineError, match=r"'refien' was unexpected\) at inter; allowed keys"):
+        validate_config({"inter": {"refien": {}}}, SCHEMA, "config.yaml")
+
+
+def test_unknown_nested_key_in_a_referenced_schema_is_named():
+    with pytest.raises(PipelineError, match=r"'lrr' was unexpected\) at intra.train"):
+        validate_config({"intra": {"train": {"lrr": 1}}}, SCHEMA)
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(PipelineError, match=r"key model.arch: 'resnet51' is not one of"):
+        validate_config({"model": {"arch": "resnet51"}}, SCHEMA)
+
+
+def test_experiment_typo_is_caught_after_merging():
+    base = validate_config({}, SCHEMA)["inter"]
+    with pytest.raises(PipelineError, match=r"experiments.calr: .*'camera_los' was unexpected"):
+        validate_config(deep_merge(base, {"camera_los": False}), INTER_SCHEMA, "experiments.calr")
+
+
+def test_deep_merge_overrides_nested_keys_only():
+    base = {"refine": {"mode": "paper", "p0": 1.0}, "beta": 1.0}
+    merged = deep_merge(base, {"refine": {"mode": "none"}})
+    assert merged == {"refine": {"mode": "none", "p0": 1.0}, "beta": 1.0}
+    assert base["refine"]["mode"] == "paper"
