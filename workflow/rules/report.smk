@@ -48,7 +48,7 @@ rule report:
         f"{BENCHMARKS}/{{exp}}/report.tsv"
     conda:
         ENV
-    threads: 2
+    threads: 1  # t-SNE is several times slower with many OpenMP threads on a busy machine
     resources:
         mem_mb=8000,
         runtime=30,
