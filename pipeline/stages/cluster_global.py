@@ -1,11 +1,106 @@
-"""PLACEHOLDER (to be replaced by its owner): stage cluster_global."""
+"""Cluster all training images across cameras into global clusters (Infomap or DBSCAN).
 
-from pipeline.errors import PipelineError
+Infomap (the paper) on the kNN graph: links to the --k nearest images with similarity at least
+--min-sim, modules smaller than --min-size become outliers (-1). DBSCAN (ClusterContrast) on the
+sparse k-reciprocal Jaccard distance (--k1, --k2, --eps, --min-samples). Writes the global
+clusters table of docs/formats.md (index_row, camid, cluster) and a JSON summary with the
+cluster counts and, when identities are known, the cluster quality (never used for training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# Quality diagnostics are reported when at least this fraction of rows has a known identity.
+KNOWN_PID_FRACTION = 0.5
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--features", required=True, type=Path, help="HDF5 feature file")
+    parser.add_argument("--out", required=True, type=Path, help="global clusters table")
+    parser.add_argument("--summary", required=True, type=Path, help="JSON summary to write")
+    parser.add_argument("--method", choices=("infomap", "dbscan"), default="infomap")
+    parser.add_argument("--k", type=int, default=15, help="Infomap: neighbours per image")
+    parser.add_argument("--min-sim", type=float, default=0.5, help="Infomap: weakest link kept")
+    parser.add_argument("--min-size", type=int, default=4, help="Infomap: smallest cluster kept")
+    parser.add_argument("--k1", type=int, default=30, help="DBSCAN: k-reciprocal Jaccard k1")
+    parser.add_argument("--k2", type=int, default=6, help="DBSCAN: k-reciprocal Jaccard k2")
+    parser.add_argument("--eps", type=float, default=0.6, help="DBSCAN: neighbourhood radius")
+    parser.add_argument("--min-samples", type=int, default=4, help="DBSCAN: core point size")
+    parser.add_argument(
+        "--knn", choices=("exact", "ivf", "hnsw"), default="exact", help="neighbour search"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Infomap and index training seed")
 
 
-def run(args):
-    raise PipelineError("stage cluster_global is not implemented yet")
+def run(args: argparse.Namespace) -> None:
+    from pipeline.cluster.dbscan import dbscan_clusters
+    from pipeline.cluster.global_infomap import infomap_clusters
+    from pipeline.cluster.knn import check_normalised, knn
+    from pipeline.features.store import read_features
+    from pipeline.io import write_table
+
+    fs = read_features(args.features)
+    check_normalised(fs.features, str(args.features))
+    if args.method == "infomap":
+        sims, idx = knn(fs.features, args.k, args.knn, seed=args.seed)
+        clusters = infomap_clusters(sims, idx, args.min_sim, args.min_size, args.seed)
+        params = {"k": args.k, "min_sim": args.min_sim, "min_size": args.min_size}
+    else:
+        _, idx = knn(fs.features, max(args.k1, args.k2) - 1, args.knn, seed=args.seed)
+        clusters = dbscan_clusters(fs.features, idx, args.k1, args.k2, args.eps, args.min_samples)
+        params = {"k1": args.k1, "k2": args.k2, "eps": args.eps, "min_samples": args.min_samples}
+    write_table(
+        pd.DataFrame({"index_row": fs.index_row, "camid": fs.camid, "cluster": clusters}),
+        args.out,
+    )
+    summary = {
+        "method": args.method,
+        **params,
+        "knn": args.knn,
+        "seed": args.seed,
+        "n_images": len(fs),
+        "n_clusters": int(clusters.max()) + 1 if len(clusters) else 0,
+        "n_outliers": int((clusters < 0).sum()),
+    }
+    if pids_known(fs.pid):
+        from pipeline.cluster.quality import cluster_quality
+
+        summary["quality"] = cluster_quality(clusters, fs.pid).as_dict()
+    write_summary(summary, args.summary)
+    log.info(
+        "%d images -> %d global clusters, %d outliers",
+        len(fs),
+        summary["n_clusters"],
+        summary["n_outliers"],
+    )
+
+
+def pids_known(pids: np.ndarray) -> bool:
+    """Whether enough identities are known for the quality diagnostics to mean something."""
+    return len(pids) > 0 and float(np.mean(pids >= 0)) >= KNOWN_PID_FRACTION
+
+
+def write_summary(summary: dict, path: str | os.PathLike) -> None:
+    """Write a stage's JSON summary atomically; NaN (a ratio of nothing) is written as null."""
+    from pipeline.io import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(_nan_to_none(summary), indent=2) + "\n")
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value

@@ -1,11 +1,227 @@
-"""PLACEHOLDER (to be replaced by its owner): stage refine."""
+"""Refine the global clusters with pivots and local labels for one epoch (paper Eq. 4-6).
 
+Selects the pivots (Eq. 4) on the current features, discards the members of each pivot's global
+cluster and camera that share no local cluster with a pivot, each with probability p from
+--schedule (Eq. 5; --mode reference: one pivot per cluster and p = --p0 as the released code),
+and attaches each sample's cluster weight (Eq. 6). Writes the refined labels table of
+docs/formats.md and a JSON summary (pivots, discards, p; cluster quality of the global, refined
+and local labels when identities are known).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.cluster.labels import first_rows
 from pipeline.errors import PipelineError
 
-
-def add_arguments(parser):
-    pass
+log = logging.getLogger(__name__)
 
 
-def run(args):
-    raise PipelineError("stage refine is not implemented yet")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clusters", required=True, type=Path, help="global clusters table")
+    parser.add_argument("--features", required=True, type=Path, help="HDF5 feature file")
+    parser.add_argument(
+        "--local-labels",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="local labels tables, one per camera (concatenated); not with --mode none",
+    )
+    parser.add_argument("--epoch", type=int, default=0, help="0-based inter-camera epoch")
+    parser.add_argument("--total-epochs", type=int, default=1, help="inter-camera epochs")
+    parser.add_argument(
+        "--schedule",
+        choices=("none", "linear", "polynomial", "exponential", "cosine"),
+        default="cosine",
+        help="decay of the discard probability over epochs",
+    )
+    parser.add_argument("--p0", type=float, default=1.0, help="discard probability at epoch 0")
+    parser.add_argument(
+        "--mode",
+        choices=("paper", "reference", "none"),
+        default="paper",
+        help="paper: every pivot counts; reference: the released code (one pivot per cluster); "
+        "none: no refinement, the global clusters are the labels (the baseline)",
+    )
+    parser.add_argument("--pivot-k", type=int, default=15, help="neighbours in Eq. 4")
+    parser.add_argument(
+        "--knn", choices=("exact", "ivf", "hnsw"), default="exact", help="neighbour search"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the discard draws")
+    parser.add_argument("--out", required=True, type=Path, help="refined labels table")
+    parser.add_argument("--summary", required=True, type=Path, help="JSON summary to write")
+
+
+def run(args: argparse.Namespace) -> None:
+    from pipeline.cluster.knn import check_normalised
+    from pipeline.cluster.quality import discard_ratio
+    from pipeline.cluster.refine import refine_epoch
+    from pipeline.cluster.schedules import discard_probability
+    from pipeline.cluster.weights import sample_weights
+    from pipeline.features.store import read_features
+    from pipeline.io import write_table
+    from pipeline.stages.cluster_global import write_summary
+
+    fs = read_features(args.features)
+    check_normalised(fs.features, str(args.features))
+    clusters = aligned_clusters(args.clusters, fs.index_row, fs.camid)
+    if args.mode == "none":
+        if args.local_labels:
+            raise PipelineError("--mode none refines nothing: do not pass --local-labels")
+        local = None
+        schedule, p = "none", 0.0
+        labels, discarded = clusters.copy(), np.zeros(len(fs), dtype=bool)
+        pivots, mean_distance = np.zeros(len(fs), dtype=bool), None
+    else:
+        if not args.local_labels:
+            raise PipelineError(
+                f"--mode {args.mode} needs --local-labels (one table per camera, from stage 1)"
+            )
+        local = aligned_local_labels(args.local_labels, fs.index_row, fs.camid)
+        schedule = "none" if args.mode == "reference" else args.schedule
+        if schedule != args.schedule:
+            log.info("--mode reference keeps p = --p0 fixed; --schedule %s ignored", args.schedule)
+        p = discard_probability(args.epoch, args.total_epochs, schedule, args.p0)
+        rng = np.random.default_rng([args.seed, args.epoch])
+        result = refine_epoch(
+            fs.features, clusters, fs.camid, local, p, rng, args.mode, args.pivot_k, args.knn
+        )
+        labels, discarded, pivots = result.labels, result.discarded, result.pivots
+        mean_distance = result.mean_distance
+    weights = sample_weights(labels, fs.camid)
+
+    table = pd.DataFrame(
+        {
+            "index_row": fs.index_row,
+            "camid": fs.camid,
+            "cluster": clusters,
+            "label": labels,
+            "pivot": pivots,
+            "discarded": discarded,
+            "weight": weights,
+        }
+    )
+    write_table(table, args.out)
+    summary = {
+        "mode": args.mode,
+        "schedule": schedule,
+        "epoch": args.epoch,
+        "total_epochs": args.total_epochs,
+        "p0": args.p0,
+        "discard_probability": p,
+        "pivot_k": args.pivot_k,
+        "mean_distance": mean_distance,
+        "n_images": len(fs),
+        "n_clusters": int(labels.max()) + 1 if len(labels) else 0,
+        "n_clusters_global": int(clusters.max()) + 1 if len(clusters) else 0,
+        "n_outliers": int((clusters < 0).sum()),
+        "n_pivots": int(pivots.sum()),
+        "n_discarded": int(discarded.sum()),
+        "discard_ratio": discard_ratio(clusters, discarded),
+    }
+    summary.update(_quality(fs, clusters, labels, local))
+    write_summary(summary, args.summary)
+    log.info(
+        "epoch %d: p=%.3f, %d pivots, %d of %d clustered images discarded",
+        args.epoch,
+        p,
+        summary["n_pivots"],
+        summary["n_discarded"],
+        int((clusters >= 0).sum()),
+    )
+
+
+def aligned_clusters(path: Path, index_row: np.ndarray, camid: np.ndarray) -> np.ndarray:
+    """The ``cluster`` column of the global clusters table, in feature row order."""
+    from pipeline.io import read_table
+
+    table = read_table(path, ("index_row", "camid", "cluster"))
+    if len(table) != len(index_row):
+        raise PipelineError(
+            f"{path}: {len(table)} rows but the features have {len(index_row)}; the clusters "
+            "were computed from other features, rerun `pipeline cluster-global` on these"
+        )
+    if table["index_row"].duplicated().any():
+        first = int(table.loc[table["index_row"].duplicated(), "index_row"].iloc[0])
+        raise PipelineError(f"{path}: index_row {first} appears more than once")
+    rows = pd.Index(table["index_row"]).get_indexer(index_row)
+    if (rows < 0).any():
+        raise PipelineError(
+            f"{path}: no row for index_row {first_rows(index_row[rows < 0])} of the features; "
+            "the clusters were computed from other features, rerun `pipeline cluster-global`"
+        )
+    _check_cameras(table["camid"].to_numpy()[rows], camid, index_row, path)
+    return table["cluster"].to_numpy(dtype=np.int64)[rows]
+
+
+def aligned_local_labels(paths: list[Path], index_row: np.ndarray, camid: np.ndarray) -> np.ndarray:
+    """Local labels of every feature row from the per-camera tables, in feature row order."""
+    from pipeline.io import read_table
+
+    tables = []
+    for path in paths:
+        table = read_table(path, ("index_row", "camid", "local_label"))
+        if table.empty:
+            raise PipelineError(
+                f"{path}: local-label table is empty; rerun `pipeline cluster-intra` for its camera"
+            )
+        if (table["local_label"] < 0).any():
+            first = int(table.loc[table["local_label"] < 0, "index_row"].iloc[0])
+            raise PipelineError(f"{path}: negative local_label (first at index_row {first})")
+        tables.append(table.assign(_source=str(path)))
+    table = pd.concat(tables, ignore_index=True)
+    repeated = table["index_row"].duplicated(keep=False)
+    if repeated.any():
+        first = table[repeated].iloc[0]
+        sources = ", ".join(
+            sorted(set(table.loc[table["index_row"] == first["index_row"], "_source"]))
+        )
+        raise PipelineError(
+            f"index_row {int(first['index_row'])} has a local label in more than one place "
+            f"({sources}); pass each camera's table once"
+        )
+    rows = pd.Index(table["index_row"]).get_indexer(index_row)
+    missing = rows < 0
+    if missing.any():
+        cameras = ", ".join(str(c) for c in np.unique(camid[missing]))
+        raise PipelineError(
+            f"no local label for {int(missing.sum())} training row(s) of camera(s) {cameras} "
+            f"(first index_row {first_rows(index_row[missing])}); pass every camera's table from "
+            "`pipeline cluster-intra` with --local-labels"
+        )
+    _check_cameras(table["camid"].to_numpy()[rows], camid, index_row, "--local-labels")
+    return table["local_label"].to_numpy(dtype=np.int64)[rows]
+
+
+def _check_cameras(found: np.ndarray, camid: np.ndarray, index_row: np.ndarray, where) -> None:
+    bad = found != camid
+    if bad.any():
+        first = np.flatnonzero(bad)[0]
+        raise PipelineError(
+            f"{where}: index_row {int(index_row[first])} has camid {int(found[first])} but the "
+            f"features say {int(camid[first])}; the tables and features come from different "
+            "indexes"
+        )
+
+
+def _quality(fs, clusters: np.ndarray, labels: np.ndarray, local: np.ndarray | None) -> dict:
+    """Cluster quality of the global, refined and local labels, when identities are known."""
+    from pipeline.cluster.quality import cluster_quality
+    from pipeline.stages.cluster_global import pids_known
+
+    if not pids_known(fs.pid):
+        return {}
+    quality = {
+        "global": cluster_quality(clusters, fs.pid).as_dict(),
+        "refined": cluster_quality(labels, fs.pid).as_dict(),
+    }
+    if local is not None:
+        local_ids = np.unique(np.stack([fs.camid, local]), axis=1, return_inverse=True)[1].ravel()
+        quality["local"] = cluster_quality(local_ids, fs.pid).as_dict()
+    return {"quality": quality}

@@ -1,11 +1,136 @@
-"""PLACEHOLDER (to be replaced by its owner): stage train_inter."""
+"""Stage 2: train the global encoder on refined labels with the camera classifier (Eq. 6-9).
 
-from pipeline.errors import PipelineError
+Trains --epochs epochs (one round of the workflow; 1 = re-cluster every epoch, as the paper) on
+the refined labels of --labels: images labelled -1 are left out, the others are trained with the
+contrastive loss weighted by their cluster weight (Eq. 6) plus --beta times the camera domain
+loss of a classifier behind a gradient reversal layer (Eq. 7-9). Each epoch first embeds the
+labelled images with the current model to rebuild the cluster memory. When --init is a previous
+round's checkpoint, its optimizer, scheduler, camera classifier and epoch counter carry on;
+init-model's checkpoint starts them fresh. --no-camera-loss and --no-cluster-weights (with
+`refine --mode none` upstream) give the baseline and the ablations of Table III.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.train.options import add_arguments as add_optimisation_arguments
+
+    parser.add_argument("--index", required=True, help="dataset index table")
+    parser.add_argument("--labels", required=True, help="refined labels table (pipeline refine)")
+    parser.add_argument(
+        "--refine-summary", default=None, help="refinement summary JSON, copied into the log"
+    )
+    parser.add_argument(
+        "--init", required=True, help="init-model's checkpoint, or the previous round's"
+    )
+    parser.add_argument("--out-checkpoint", required=True, help="checkpoint to write")
+    parser.add_argument("--log", required=True, help="per-epoch log table (.csv or .parquet)")
+    method = parser.add_argument_group("method")
+    method.add_argument(
+        "--total-epochs", type=int, default=50, help="epochs of the whole stage (paper: 50)"
+    )
+    method.add_argument(
+        "--camera-loss",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="camera classifier behind gradient reversal (Eq. 7-9)",
+    )
+    method.add_argument("--beta", type=float, default=1.0, help="weight of the camera loss (Eq. 9)")
+    method.add_argument(
+        "--grl-lambda", type=float, default=1.0, help="gradient reversal coefficient (Eq. 7)"
+    )
+    method.add_argument(
+        "--cluster-weights",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="weight samples by the labels table's weight column (Eq. 6); off: Eq. 3",
+    )
+    add_optimisation_arguments(parser, epochs_help="epochs to train in this job (one round)")
 
 
-def run(args):
-    raise PipelineError("stage train_inter is not implemented yet")
+def run(args: argparse.Namespace) -> None:
+    import json
+
+    from pipeline.errors import PipelineError
+    from pipeline.io import read_table
+    from pipeline.models.checkpoint import load_checkpoint
+    from pipeline.train.inter import (
+        inter_epoch,
+        inter_training_set,
+        summary_fields,
+        training_cameras,
+    )
+    from pipeline.train.options import job_from_args, options_from_args
+    from pipeline.train.runner import CameraLoss, finish, train
+
+    options = options_from_args(args)
+    index = read_table(args.index, ("path", "camid", "pid", "split"))
+    columns = ("index_row", "camid", "label") + (("weight",) if args.cluster_weights else ())
+    training_set = inter_training_set(
+        index,
+        read_table(args.labels, columns),
+        use_weights=args.cluster_weights,
+        where=args.labels,
+    )
+    camera_loss = None
+    if args.camera_loss:
+        camera_loss = CameraLoss(training_cameras(index), args.beta, args.grl_lambda)
+    log_fields = {}
+    if args.refine_summary:
+        try:
+            with open(args.refine_summary) as handle:
+                log_fields = summary_fields(json.load(handle))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PipelineError(
+                f"{args.refine_summary}: cannot read the refinement summary (option "
+                f"--refine-summary: {exc}); rerun `pipeline refine`"
+            ) from exc
+    init_state = load_checkpoint(args.init)
+    done = int(init_state.get("epoch", 0)) if "optimizer" in init_state else 0
+    if done + args.epochs > args.total_epochs:
+        raise PipelineError(
+            f"{args.init} has {done} completed epoch(s); {args.epochs} more (--epochs) would "
+            f"pass --total-epochs {args.total_epochs}"
+        )
+    rows = index.loc[training_set.index_rows]
+    paths = rows["path"].astype(str).tolist()
+    log.info(
+        "stage 2 (inter-camera) started: epochs %d-%d of %d, %d labelled images in %d clusters "
+        "(%d left out), camera loss %s, cluster weights %s",
+        done + 1,
+        done + args.epochs,
+        args.total_epochs,
+        len(paths),
+        training_set.n_clusters,
+        training_set.n_outliers,
+        f"on (beta {args.beta}, lambda {args.grl_lambda})" if camera_loss else "off",
+        "on" if args.cluster_weights else "off",
+    )
+    result = train(
+        stage="inter",
+        paths=paths,
+        cameras=rows["camid"].to_numpy(),
+        init_state=init_state,
+        options=options,
+        prepare_epoch=lambda model, epoch: inter_epoch(
+            model, paths, training_set, options, log_fields
+        ),
+        out_checkpoint=args.out_checkpoint,
+        log_path=args.log,
+        job=job_from_args(args, {"index": args.index, "labels": args.labels, "init": args.init}),
+        camera_loss=camera_loss,
+        continue_from_init=True,
+    )
+    finish(args.out_checkpoint, args.log, result)
+    log.info(
+        "stage 2 (inter-camera) finished after epoch %d of %d; wrote %s",
+        result.state["epoch"],
+        args.total_epochs,
+        args.out_checkpoint,
+    )

@@ -1,11 +1,106 @@
-"""PLACEHOLDER (to be replaced by its owner): stage train_intra."""
+"""Stage 1: train one camera's encoder on its own clusters and write its final local labels.
 
-from pipeline.errors import PipelineError
+For camera --camera (paper Sec. III-B, Algorithm 1 stage 1): start from --init, then every
+epoch embed the camera's training images, cluster them (average-linkage agglomerative,
+images // --ratio clusters) and train one epoch with the contrastive loss of Eq. 3. After the
+last epoch embed and cluster once more and write those local labels (index_row, camid,
+local_label) and the encoder's checkpoint. Cameras are independent jobs, so a workflow runs
+them in parallel. A killed job resumes from its last completed epoch (<out>.partial.pt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.train.options import add_arguments as add_optimisation_arguments
+
+    parser.add_argument("--index", required=True, help="dataset index table")
+    parser.add_argument("--camera", type=int, required=True, help="camid to train on")
+    parser.add_argument("--init", required=True, help="initial checkpoint (pipeline init-model)")
+    parser.add_argument("--out-checkpoint", required=True, help="encoder checkpoint to write")
+    parser.add_argument("--out-labels", required=True, help="local labels table to write")
+    parser.add_argument("--log", required=True, help="per-epoch log table (.csv or .parquet)")
+    clustering = parser.add_argument_group("local clustering")
+    clustering.add_argument(
+        "--ratio", type=int, default=5, help="local clusters = camera images // ratio"
+    )
+    clustering.add_argument(
+        "--distance", default="cosine", choices=("cosine", "jaccard"), help="linkage distance"
+    )
+    clustering.add_argument("--k1", type=int, default=15, help="k-reciprocal k1 (jaccard)")
+    clustering.add_argument("--k2", type=int, default=4, help="query expansion k2 (jaccard)")
+    add_optimisation_arguments(parser, epochs_help="training epochs (paper: 20)")
 
 
-def run(args):
-    raise PipelineError("stage train_intra is not implemented yet")
+def run(args: argparse.Namespace) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.cluster.agglomerative import n_local_clusters
+    from pipeline.errors import PipelineError
+    from pipeline.io import read_table, write_table
+    from pipeline.models.checkpoint import load_checkpoint
+    from pipeline.train.intra import LocalClustering, intra_epoch, local_labels, quality_stats
+    from pipeline.train.options import job_from_args, options_from_args
+    from pipeline.train.runner import extract, finish, train
+
+    options = options_from_args(args)
+    index = read_table(args.index, ("path", "camid", "pid", "split"))
+    train_split = index[index["split"] == "train"]
+    rows = train_split[train_split["camid"] == args.camera]
+    if rows.empty:
+        cameras = sorted(train_split["camid"].unique().tolist())
+        raise PipelineError(
+            f"{args.index}: camera {args.camera} (option --camera) has no training images; "
+            f"the training split has cameras {cameras}"
+        )
+    clustering = LocalClustering(args.camera, args.ratio, args.distance, args.k1, args.k2)
+    n_clusters = n_local_clusters(len(rows), args.ratio, args.camera)  # fail before training
+    paths = rows["path"].astype(str).tolist()
+    pids = rows["pid"].to_numpy(dtype=np.int64)
+    init_state = load_checkpoint(args.init)
+    log.info(
+        "stage 1 (intra-camera) started: camera %d, %d images, %d epochs, %d local clusters",
+        args.camera,
+        len(paths),
+        options.epochs,
+        n_clusters,
+    )
+    result = train(
+        stage="intra",
+        paths=paths,
+        cameras=rows["camid"].to_numpy(dtype=np.int64),
+        init_state=init_state,
+        options=options,
+        prepare_epoch=lambda model, epoch: intra_epoch(model, paths, pids, clustering, options),
+        out_checkpoint=args.out_checkpoint,
+        log_path=args.log,
+        job=job_from_args(args, {"index": args.index, "init": args.init}),
+        meta={"camera": args.camera},
+    )
+    labels = local_labels(extract(result.model, paths, options), clustering)
+    write_table(
+        pd.DataFrame(
+            {
+                "index_row": rows.index.to_numpy(dtype=np.int64),
+                "camid": args.camera,
+                "local_label": labels,
+            }
+        ),
+        args.out_labels,
+    )
+    finish(args.out_checkpoint, args.log, result)
+    precision = quality_stats(labels, pids).get("quality_precision")
+    log.info(
+        "stage 1 (intra-camera) finished: camera %d, %d local clusters%s; wrote %s and %s",
+        args.camera,
+        int(labels.max()) + 1,
+        f" (pairwise precision {precision:.3f})" if precision is not None else "",
+        args.out_labels,
+        args.out_checkpoint,
+    )

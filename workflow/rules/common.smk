@@ -141,6 +141,23 @@ def round_files(name):
     return files
 
 
+def refine_options(exp, r):
+    """Options of round r's refinement; without refinement, only that (so that changing the
+    unused refinement settings of such an experiment reruns nothing)."""
+    refine = EXPERIMENTS[exp]["refine"]
+    if refine["mode"] == "none":
+        return options(mode="none")
+    return options(
+        mode=refine["mode"],
+        schedule=refine["schedule"],
+        p0=refine["p0"],
+        pivot_k=refine["pivot_k"],
+        epoch=first_epoch(exp, r),
+        total_epochs=EXPERIMENTS[exp]["epochs"],
+        seed=config["model"]["seed"] + int(r),
+    )
+
+
 # ---------------------------------------------------------------- evaluation
 def experiment_of(model):
     """Row label of a checkpoint in the comparison: its experiment, or `initial`."""

@@ -49,15 +49,7 @@ rule refine:
         features=round_features,
         local_labels=refine_local_labels,
     params:
-        opts=lambda w: options(
-            mode=EXPERIMENTS[w.exp]["refine"]["mode"],
-            schedule=EXPERIMENTS[w.exp]["refine"]["schedule"],
-            p0=EXPERIMENTS[w.exp]["refine"]["p0"],
-            pivot_k=EXPERIMENTS[w.exp]["refine"]["pivot_k"],
-            epoch=first_epoch(w.exp, w.r),
-            total_epochs=EXPERIMENTS[w.exp]["epochs"],
-            seed=config["model"]["seed"] + int(w.r),
-        ),
+        opts=lambda w: refine_options(w.exp, w.r),
         local_labels=lambda w, input: (
             f"--local-labels {' '.join(input.local_labels)}" if input.local_labels else ""
         ),

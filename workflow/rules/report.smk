@@ -28,7 +28,8 @@ rule report:
     input:
         code("stages/report.py", "report", "features"),
         index=INDEX,
-        logs=round_files("train_log.csv"),
+        # a round's training log carries every earlier round's rows too
+        log=lambda w: f"{RESULTS}/{w.exp}/round{n_rounds(w.exp) - 1}/train_log.csv",
         summaries=round_files("refine.json"),
         before=f"{SHARED}/model_init.train.h5",
         after=lambda w: f"{final_model(w.exp)}.train.h5",
@@ -54,7 +55,7 @@ rule report:
         runtime=30,
     shell:
         "python -m pipeline report --experiment {wildcards.exp} --index {input.index}"
-        " --train-logs {input.logs} --refine-summaries {input.summaries}"
+        " --train-logs {input.log} --refine-summaries {input.summaries}"
         " --features-before {input.before} --features-after {input.after}"
         " --query {input.query} --gallery {input.gallery} --metrics {input.metrics}"
         " {params.opts} --out-dir {params.out_dir} > {log} 2>&1"

@@ -1,0 +1,69 @@
+"""Stage 1, intra-camera training (paper Sec. III-B, Algorithm 1 stage 1), for one camera.
+
+The camera's encoder f^c starts from the initial weights; every epoch it embeds the camera's
+training images, clusters them with average-linkage agglomerative clustering into
+``images // ratio`` local clusters, and trains on them with the contrastive loss of Eq. 3. After
+the last epoch the images are embedded and clustered once more: those are the camera's final
+local labels, which stage 2 uses to refine the global clusters (Eq. 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.cluster.agglomerative import intra_camera_clusters, n_local_clusters
+from pipeline.cluster.quality import cluster_quality
+from pipeline.models import ReIDModel
+from pipeline.train.options import TrainOptions
+from pipeline.train.runner import EpochData, extract
+
+
+@dataclass(frozen=True)
+class LocalClustering:
+    """How a camera's images are clustered (the agglomerative stage's parameters)."""
+
+    camera: int
+    ratio: int = 5
+    distance: str = "cosine"
+    k1: int = 15
+    k2: int = 4
+
+
+def local_labels(features: np.ndarray, clustering: LocalClustering) -> np.ndarray:
+    """Local labels 0..K-1 of one camera's embeddings, K = images // ratio; a camera too small
+    for two clusters is an error naming it."""
+    n_clusters = n_local_clusters(len(features), clustering.ratio, clustering.camera)
+    return intra_camera_clusters(
+        features, n_clusters, clustering.distance, k1=clustering.k1, k2=clustering.k2
+    )
+
+
+def quality_stats(labels: np.ndarray, pids: np.ndarray) -> dict:
+    """Pairwise precision, recall, F-score and expansion against the ground truth, when the
+    identities are known (diagnostics for the log only; training never reads them)."""
+    if not (np.asarray(pids) >= 0).any():
+        return {}
+    quality = cluster_quality(labels, pids).as_dict()
+    return {
+        f"quality_{key}": quality[key] for key in ("precision", "recall", "fscore", "expansion")
+    }
+
+
+def intra_epoch(
+    model: ReIDModel,
+    paths: Sequence[str],
+    pids: np.ndarray,
+    clustering: LocalClustering,
+    options: TrainOptions,
+) -> EpochData:
+    """Embed the camera's images with the current encoder and cluster them: one epoch's data."""
+    features = extract(model, paths, options)
+    labels = local_labels(features, clustering)
+    return EpochData(
+        labels=labels,
+        features=features,
+        stats={"n_outliers": 0, **quality_stats(labels, pids)},
+    )

@@ -1,0 +1,371 @@
+"""The epoch loop of a training job, with exact resume: what both training stages share.
+
+Per epoch: the stage's ``prepare_epoch`` extracts features with the current model and returns the
+epoch's pseudo labels (stage 1: this epoch's agglomerative clusters; stage 2: the refined labels),
+the cluster memory is rebuilt from those features (Eq. 1-2), one epoch is trained, the scheduler
+steps, and the job's state is written atomically to ``<out>.partial.pt`` with a row of the log.
+
+A partial checkpoint holds the model, optimizer, scheduler, camera classifier, epoch counter,
+every random state (:mod:`pipeline.train.state`) and the history, plus a hash of the job's
+arguments: a rerun of the same job resumes from its last completed epoch and ends with exactly
+the result of an uninterrupted run; a partial file of another job is ignored. :func:`finish`
+writes the final checkpoint and removes the partial file. The delivered model is always the
+last epoch's: there is no model selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.features.extract import extract_embeddings, resolve_amp, resolve_device
+from pipeline.io import write_table
+from pipeline.models import ReIDModel
+from pipeline.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.train.loop import (
+    EpochTargets,
+    build_optimizer,
+    build_scheduler,
+    make_train_loader,
+    train_epoch,
+)
+from pipeline.train.losses import CameraClassifier
+from pipeline.train.memory import ClusterMemory
+from pipeline.train.options import TrainOptions
+from pipeline.train.state import (
+    capture_rng,
+    job_hash,
+    job_seed,
+    restore_rng,
+    seed_everything,
+    set_determinism,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CameraLoss:
+    """The camera classifier of stage 2 (Eq. 7-9): camids in classifier order, beta, lambda."""
+
+    camera_ids: tuple[int, ...]
+    beta: float = 1.0
+    grl_lambda: float = 1.0
+
+
+@dataclass
+class EpochData:
+    """What one epoch trains on, from the stage's ``prepare_epoch(model, epoch)``: for each of
+    the job's images its pseudo label (contiguous 0..K-1, K >= 2), its embedding by the current
+    model (for the memory) and its cluster weight (Eq. 6; None = Eq. 3). ``stats`` go into the
+    epoch's log row.
+    """
+
+    labels: np.ndarray
+    features: np.ndarray
+    weights: np.ndarray | None = None
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    model: ReIDModel
+    state: dict  # the checkpoint of the last epoch
+
+
+PrepareEpoch = Callable[[ReIDModel, int], EpochData]
+
+
+def partial_path(out_checkpoint: str | os.PathLike) -> Path:
+    out = Path(out_checkpoint)
+    return out.with_name(out.name.removesuffix(".pt") + ".partial.pt")
+
+
+def extract(model: ReIDModel, paths: Sequence[str], options: TrainOptions) -> np.ndarray:
+    """Embeddings of ``paths`` with the job's input size, batch, workers and device."""
+    return extract_embeddings(
+        model,
+        paths,
+        height=options.height,
+        width=options.width,
+        batch_size=options.batch_size,
+        num_workers=options.workers,
+        device=options.device,
+        progress=options.progress,
+    )
+
+
+class _TrainingState:
+    """The live state of a training job: everything a checkpoint saves and restores."""
+
+    def __init__(
+        self,
+        *,
+        stage: str,
+        meta: dict,
+        model: ReIDModel,
+        camera_loss: CameraLoss | None,
+        options: TrainOptions,
+        generator: torch.Generator,
+        pretrained: str,
+        fingerprint: str,
+    ) -> None:
+        self.stage, self.meta, self.options = stage, meta, options
+        self.device = resolve_device(options.device)
+        self.amp_dtype = resolve_amp("auto", self.device)
+        self.model = model.to(self.device)
+        self.camera_loss = camera_loss
+        self.classifier = None
+        params = [p for p in model.parameters() if p.requires_grad]
+        if camera_loss is not None:
+            self.classifier = CameraClassifier(
+                model.feature_dim, len(camera_loss.camera_ids), camera_loss.grl_lambda
+            ).to(self.device)
+            params += list(self.classifier.parameters())
+        self.optimizer = build_optimizer(params, options.lr, options.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, options.step_size)
+        self.generator = generator
+        self.pretrained = pretrained
+        self.fingerprint = fingerprint
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    def load(self, state: dict) -> None:
+        """Carry on from a checkpoint's optimizer, scheduler, classifier, epoch and history."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.classifier is not None:
+            self.classifier.load_state_dict(state["camera_classifier"])
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+
+    def snapshot(self) -> dict:
+        """The checkpoint of the job as it is now (docs/formats.md)."""
+        return {
+            "stage": self.stage,
+            **self.meta,
+            "model_config": self.model.config,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "camera_classifier": None if self.classifier is None else self.classifier.state_dict(),
+            "camera_ids": None if self.camera_loss is None else list(self.camera_loss.camera_ids),
+            "pretrained": self.pretrained,
+            "epoch": self.epoch,
+            "rng": capture_rng(self.generator),
+            "history": self.history,
+            "job_hash": self.fingerprint,
+        }
+
+    def train_epoch(self, data: EpochData, paths: list[str], cameras: np.ndarray) -> dict:
+        """Rebuild the memory from ``data``, train one epoch, step the scheduler; the log row."""
+        started = time.monotonic()
+        device, options = self.device, self.options
+        self.model.to(
+            memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        )
+        labels = torch.as_tensor(data.labels, dtype=torch.int64, device=device)
+        memory = ClusterMemory.from_features(
+            torch.as_tensor(data.features, device=device),
+            labels,
+            options.momentum,
+            options.temperature,
+        )
+        loader = make_train_loader(
+            paths,
+            data.labels,
+            cameras,
+            height=options.height,
+            width=options.width,
+            batch_size=options.batch_size,
+            instances=options.instances,
+            iters=options.iters,
+            workers=options.workers,
+            generator=self.generator,
+            pin_memory=device.type == "cuda",
+        )
+        weights = data.weights
+        targets = EpochTargets(
+            labels=labels,
+            weights=None if weights is None else torch.as_tensor(weights, device=device).float(),
+            cameras=None
+            if self.camera_loss is None
+            else torch.as_tensor(
+                _camera_index(cameras, self.camera_loss.camera_ids), device=device
+            ),
+        )
+        lr = self.optimizer.param_groups[0]["lr"]
+        losses = train_epoch(
+            self.model,
+            memory,
+            loader,
+            self.optimizer,
+            targets,
+            device=device,
+            amp_dtype=self.amp_dtype,
+            classifier=self.classifier,
+            beta=0.0 if self.camera_loss is None else self.camera_loss.beta,
+            epoch=self.epoch,
+            progress=options.progress,
+        )
+        self.scheduler.step()
+        self.epoch += 1
+        row = {
+            "epoch": self.epoch,
+            "stage": self.stage,
+            **self.meta,
+            **losses,
+            "lr": lr,
+            "n_clusters": len(memory),
+            "n_train_samples": len(paths),
+            **data.stats,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        self.history.append(row)
+        return row
+
+
+def train(
+    *,
+    stage: str,
+    paths: Sequence[str],
+    cameras: np.ndarray,
+    init_state: dict,
+    options: TrainOptions,
+    prepare_epoch: PrepareEpoch,
+    out_checkpoint: str | os.PathLike,
+    log_path: str | os.PathLike,
+    job: dict,
+    camera_loss: CameraLoss | None = None,
+    continue_from_init: bool = False,
+    meta: dict | None = None,
+) -> TrainResult:
+    """Train ``options.epochs`` epochs on the images ``paths`` (with camids ``cameras``).
+
+    The job starts from ``init_state`` (a checkpoint dict): its weights only, or with
+    ``continue_from_init`` also its optimizer, scheduler, camera classifier, epoch counter and
+    history when it holds them (a previous round of stage 2). ``job`` (JSON-serialisable)
+    identifies the job for resuming; ``stage`` and ``meta`` (e.g. the camera) are stored in
+    every checkpoint and log row.
+    """
+    options.check()
+    set_determinism(options.deterministic)
+    fingerprint = job_hash(job)
+    source = init_state if continue_from_init and "optimizer" in init_state else None
+    if source is not None:
+        _check_continuation(init_state, camera_loss)
+    end_epoch = (source["epoch"] if source is not None else 0) + options.epochs
+    partial = partial_path(out_checkpoint)
+    resumed = _resumable(partial, fingerprint)
+    if resumed is not None:
+        source = resumed
+        log.info("resuming from %s after epoch %d of %d", partial, resumed["epoch"], end_epoch)
+
+    generator = torch.Generator()
+    if resumed is None:
+        seed_everything(job_seed(options.seed, source["epoch"] if source else 0), generator)
+    state = _TrainingState(
+        stage=stage,
+        meta=dict(meta or {}),
+        model=model_from_checkpoint(resumed or init_state),
+        camera_loss=camera_loss,
+        options=options,
+        generator=generator,
+        pretrained=init_state.get("pretrained", "none"),
+        fingerprint=fingerprint,
+    )
+    if source is not None:
+        state.load(source)
+    if resumed is not None:
+        # after building the classifier, whose initialisation draws random numbers
+        restore_rng(resumed["rng"], generator)
+
+    paths = list(paths)
+    cameras = np.asarray(cameras, dtype=np.int64)
+    while state.epoch < end_epoch:
+        row = state.train_epoch(prepare_epoch(state.model, state.epoch), paths, cameras)
+        save_checkpoint(partial, state.snapshot())
+        write_log(state.history, log_path)
+        log.info(
+            "%s epoch %d/%d: loss %.4f (contrastive %.4f, camera %.4f), %d clusters, "
+            "%d samples, %.1f s",
+            stage,
+            state.epoch,
+            end_epoch,
+            row["loss_total"],
+            row["loss_contrastive"],
+            row["loss_camera"],
+            row["n_clusters"],
+            row["n_train_samples"],
+            row["seconds"],
+        )
+    return TrainResult(model=state.model, state=state.snapshot())
+
+
+def finish(
+    out_checkpoint: str | os.PathLike, log_path: str | os.PathLike, result: TrainResult
+) -> None:
+    """Write the final checkpoint and log, then remove the partial checkpoint."""
+    state = {k: v for k, v in result.state.items() if k != "job_hash"}
+    write_log(state["history"], log_path)
+    save_checkpoint(out_checkpoint, state)
+    partial_path(out_checkpoint).unlink(missing_ok=True)
+
+
+def write_log(history: list[dict], log_path: str | os.PathLike) -> None:
+    """The whole history as a table, one row per epoch (rewritten atomically each epoch)."""
+    write_table(pd.DataFrame(history), log_path)
+
+
+def _resumable(partial: Path, fingerprint: str) -> dict | None:
+    if not partial.is_file():
+        return None
+    state = load_checkpoint(partial)
+    if state.get("job_hash") != fingerprint:
+        log.warning(
+            "ignoring %s: written by a job with other arguments or inputs; starting afresh",
+            partial,
+        )
+        return None
+    return state
+
+
+def _check_continuation(init_state: dict, camera_loss: CameraLoss | None) -> None:
+    """A previous round's checkpoint must have the same camera classifier as this job."""
+    has_classifier = init_state.get("camera_classifier") is not None
+    if has_classifier != (camera_loss is not None):
+        raise PipelineError(
+            "--init is a checkpoint trained "
+            + ("with" if has_classifier else "without")
+            + " the camera classifier but this job trains "
+            + ("with" if camera_loss is not None else "without")
+            + " it; continue with the same --camera-loss setting or start from init-model's "
+            "checkpoint"
+        )
+    if has_classifier and list(init_state["camera_ids"]) != list(camera_loss.camera_ids):
+        raise PipelineError(
+            f"--init's camera classifier knows cameras {list(init_state['camera_ids'])} but the "
+            f"index's training split has {list(camera_loss.camera_ids)}; start from "
+            "init-model's checkpoint for a new dataset"
+        )
+
+
+def _camera_index(cameras: np.ndarray, camera_ids: Sequence[int]) -> np.ndarray:
+    """Position of each camid in ``camera_ids`` (the classifier's classes)."""
+    index = pd.Index(camera_ids).get_indexer(cameras)
+    unknown = index < 0
+    if unknown.any():
+        raise PipelineError(
+            f"camera(s) {sorted(set(np.asarray(cameras)[unknown].tolist()))} are not among the "
+            f"classifier's cameras {list(camera_ids)}"
+        )
+    return index

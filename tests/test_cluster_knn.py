@@ -1,0 +1,82 @@
+"""pipeline.cluster.knn: exact and approximate neighbours, self excluded, and the input check."""
+
+import numpy as np
+import pytest
+
+from pipeline.cluster.knn import check_normalised, knn
+from pipeline.cluster.synthetic import planted_features
+from pipeline.errors import PipelineError
+
+
+def unit_rows(n, dim, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force(x, k):
+    sims = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.fill_diagonal(sims, -np.inf)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, axis=1), order
+
+
+def test_exact_matches_brute_force_without_self():
+    x = unit_rows(300, 16)
+    sims, idx = knn(x, 7, chunk_size=64)
+    ref_sims, ref_idx = brute_force(x, 7)
+    assert idx.shape == (300, 7) and sims.dtype == np.float32 and idx.dtype == np.int64
+    assert not (idx == np.arange(300)[:, None]).any()
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-6)
+
+
+def test_missing_neighbours_are_minus_one_and_minus_inf():
+    x = unit_rows(4, 8)
+    sims, idx = knn(x, 6)
+    assert (idx[:, :3] >= 0).all() and (idx[:, 3:] == -1).all()
+    assert np.isneginf(sims[:, 3:]).all() and np.isfinite(sims[:, :3]).all()
+    assert {tuple(sorted(row[:3])) for row in idx} == {
+        tuple(j for j in range(4) if j != i) for i in range(4)
+    }
+
+
+def test_duplicate_rows_still_exclude_self():
+    x = unit_rows(5, 8)
+    x = np.concatenate([x, x[:1]])  # rows 0 and 5 are identical
+    _, idx = knn(x, 3)
+    assert idx[0, 0] == 5 and idx[5, 0] == 0
+    assert not (idx == np.arange(6)[:, None]).any()
+
+
+@pytest.mark.parametrize(("method", "dim"), [("ivf", 64), ("ivf", 320), ("hnsw", 64)])
+def test_approximate_search_recalls_planted_neighbours_with_exact_similarities(method, dim):
+    # ivf at 320 dimensions searches a 256-component PCA projection
+    x, _, _ = planted_features(2000, dim=dim, n_cams=4, seed=3)
+    sims, idx = knn(x, 10, method, seed=0)
+    _, ref_idx = brute_force(x, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, ref_idx, strict=True)])
+    assert recall > 0.9
+    valid = idx >= 0
+    exact = np.einsum("nd,nkd->nk", x, x[np.maximum(idx, 0)])
+    np.testing.assert_allclose(sims[valid], exact[valid], atol=1e-5)
+    assert (np.diff(sims, axis=1) <= 1e-6).all()
+
+
+def test_check_normalised_names_non_finite_rows():
+    x = unit_rows(10, 4)
+    x[3, 1] = np.nan
+    x[7, 0] = np.inf
+    with pytest.raises(
+        PipelineError, match=r"feats.h5: 2 feature row\(s\) contain NaN .* rows 3, 7"
+    ):
+        check_normalised(x, "feats.h5", chunk_size=4)
+
+
+def test_check_normalised_names_rows_off_the_unit_sphere():
+    x = unit_rows(10, 4)
+    x[[2, 9]] *= 1.5
+    with pytest.raises(
+        PipelineError, match=r"2 feature row\(s\) are not L2-normalised.* rows 2, 9"
+    ):
+        check_normalised(x, "feats.h5")
+    check_normalised(unit_rows(10, 4).astype(np.float16), "float16 storage is within tolerance")

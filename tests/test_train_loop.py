@@ -1,0 +1,84 @@
+"""One training epoch on a tiny model: the memory and weights move; NaN stops it cleanly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import PipelineError
+from pipeline.train.loop import EpochTargets, build_optimizer, train_epoch
+from pipeline.train.losses import CameraClassifier
+from pipeline.train.memory import ClusterMemory
+
+
+class TinyEncoder(nn.Module):
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * 4 * 2, 8)
+        self.scale = scale
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.linear(images.flatten(1)) * self.scale, dim=1)
+
+
+def batches(n_batches: int = 3) -> list:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n_batches * 4, 3, 4, 2), dtype=torch.uint8, generator=generator)
+    return [(images[i * 4 : (i + 1) * 4], torch.arange(i * 4, i * 4 + 4)) for i in range(n_batches)]
+
+
+def setup(scale: float = 1.0):
+    torch.manual_seed(0)
+    model = TinyEncoder(scale)
+    labels = torch.tensor([0, 0, 1, 1] * 3)
+    memory = ClusterMemory(F.normalize(torch.randn(2, 8), dim=1), momentum=0.2, temperature=0.1)
+    classifier = CameraClassifier(8, 2)
+    optimizer = build_optimizer(
+        list(model.parameters()) + list(classifier.parameters()), lr=0.01, weight_decay=0.0
+    )
+    targets = EpochTargets(labels=labels, weights=None, cameras=torch.tensor([0, 1] * 6))
+    return model, memory, classifier, optimizer, targets
+
+
+def test_epoch_trains_both_losses_and_updates_the_memory():
+    model, memory, classifier, optimizer, targets = setup()
+    before = model.linear.weight.detach().clone()
+    memory_before = memory.features.clone()
+    losses = train_epoch(
+        model,
+        memory,
+        batches(),
+        optimizer,
+        targets,
+        device=torch.device("cpu"),
+        classifier=classifier,
+        beta=0.5,
+        progress=False,
+    )
+    assert losses["loss_total"] == pytest.approx(
+        losses["loss_contrastive"] + 0.5 * losses["loss_camera"]
+    )
+    assert losses["loss_camera"] > 0
+    assert not torch.equal(model.linear.weight, before)
+    assert not torch.allclose(memory.features, memory_before)
+    assert torch.allclose(memory.features.norm(dim=1), torch.ones(2))
+
+
+def test_non_finite_loss_stops_with_epoch_and_iteration_before_any_step():
+    model, memory, classifier, optimizer, targets = setup(scale=float("nan"))
+    before = model.linear.weight.detach().clone()
+    with pytest.raises(PipelineError, match=r"epoch 3, iteration 1: loss is not finite"):
+        train_epoch(
+            model,
+            memory,
+            batches(),
+            optimizer,
+            targets,
+            device=torch.device("cpu"),
+            classifier=classifier,
+            epoch=2,
+            progress=False,
+        )
+    assert torch.equal(model.linear.weight, before)
