@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-checkpoint", required=True, help="encoder checkpoint to write")
     parser.add_argument("--out-labels", required=True, help="local labels table to write")
     parser.add_argument("--log", required=True, help="per-epoch log table (.csv or .parquet)")
+    parser.add_argument(
+        "--initial-labels",
+        help="local labels of the first epoch (`pipeline cluster-intra` on the initial features); "
+        "default: cluster the camera's features here",
+    )
     clustering = parser.add_argument_group("local clustering")
     clustering.add_argument(
         "--ratio", type=int, default=5, help="local clusters = camera images // ratio"
@@ -63,6 +68,11 @@ def run(args: argparse.Namespace) -> None:
     n_clusters = n_local_clusters(len(rows), args.ratio, args.camera)  # fail before training
     paths = rows["path"].astype(str).tolist()
     pids = rows["pid"].to_numpy(dtype=np.int64)
+    initial_labels = (
+        aligned_initial_labels(args.initial_labels, rows.index.to_numpy(), args.camera)
+        if args.initial_labels
+        else None
+    )
     init_state = load_checkpoint(args.init)
     log.info(
         "stage 1 (intra-camera) started: camera %d, %d images, %d epochs, %d local clusters",
@@ -77,7 +87,9 @@ def run(args: argparse.Namespace) -> None:
         cameras=rows["camid"].to_numpy(dtype=np.int64),
         init_state=init_state,
         options=options,
-        prepare_epoch=lambda model, epoch: intra_epoch(model, paths, pids, clustering, options),
+        prepare_epoch=lambda model, epoch: intra_epoch(
+            model, paths, pids, clustering, options, initial_labels if epoch == 0 else None
+        ),
         out_checkpoint=args.out_checkpoint,
         log_path=args.log,
         job=job_from_args(args, {"index": args.index, "init": args.init}),
@@ -104,3 +116,24 @@ def run(args: argparse.Namespace) -> None:
         args.out_labels,
         args.out_checkpoint,
     )
+
+
+def aligned_initial_labels(path, index_rows, camera: int):
+    """The ``local_label`` column of a cluster-intra table, in the order of ``index_rows``."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.errors import PipelineError
+    from pipeline.io import read_table
+
+    table = read_table(path, ("index_row", "camid", "local_label"))
+    if (table["camid"] != camera).any():
+        raise PipelineError(f"{path}: holds cameras other than {camera} (option --camera)")
+    positions = pd.Index(table["index_row"]).get_indexer(index_rows)
+    if len(table) != len(index_rows) or (positions < 0).any():
+        raise PipelineError(
+            f"{path}: its {len(table)} rows are not camera {camera}'s {len(index_rows)} training "
+            "images; rerun `pipeline cluster-intra` on features of this index"
+        )
+    labels = table["local_label"].to_numpy(dtype=np.int64)[positions]
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)

@@ -58,10 +58,15 @@ def intra_epoch(
     pids: np.ndarray,
     clustering: LocalClustering,
     options: TrainOptions,
+    labels: np.ndarray | None = None,
 ) -> EpochData:
-    """Embed the camera's images with the current encoder and cluster them: one epoch's data."""
+    """Embed the camera's images with the current encoder and cluster them: one epoch's data.
+
+    ``labels`` given (the first epoch's, clustered from the initial features by
+    `pipeline cluster-intra`) are used instead of clustering again."""
     features = extract(model, paths, options)
-    labels = local_labels(features, clustering)
+    if labels is None:
+        labels = local_labels(features, clustering)
     return EpochData(
         labels=labels,
         features=features,

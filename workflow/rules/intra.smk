@@ -68,6 +68,6 @@ rule train_intra:
         gpu=GPU,
     shell:
         "python -m pipeline train-intra --index {input.index} --camera {wildcards.cam}"
-        " --init {input.init} {params.opts}"
+        " --init {input.init} --initial-labels {input.labels} {params.opts}"
         " --out-checkpoint {output.checkpoint} --out-labels {output.labels}"
         " --log {output.log} > {log} 2>&1"
