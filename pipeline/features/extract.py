@@ -1,9 +1,10 @@
 """Embedding extraction: images -> L2-normalised embeddings, rows in the order of the paths.
 
 Run every epoch over the whole training set before the global clustering, and once per model
-for retrieval, so it is built to keep the model busy: loader workers only decode and resize to
-``uint8``; scaling, normalisation, the optional flip and the forward pass run batched on the
-device under ``torch.inference_mode``, in channels_last layout, with bf16/fp16 autocast on CUDA.
+for retrieval, so it is built to keep the model busy: DataLoader processes (on a GPU) or one
+background thread (on CPU) only decode and resize to ``uint8``, ahead of the model; scaling,
+normalisation, the optional flip and the forward pass run batched on the device under
+``torch.inference_mode``, in channels_last layout, with bf16/fp16 autocast on CUDA.
 """
 
 from __future__ import annotations
@@ -131,7 +132,11 @@ def prefetched_batches(
         stop = min(start + batch_size, len(dataset))
         return default_collate([dataset[i] for i in range(start, stop)])
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+    # one intra-op thread for the decoding ops, so that they do not compete with the model's
+    # thread team for the cores (the setting is per thread: the caller's is unchanged)
+    pool = ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="decode", initializer=torch.set_num_threads, initargs=(1,)
+    )
     try:
         pending = deque()
         for start in range(0, len(dataset), batch_size):
