@@ -37,3 +37,12 @@ def market_subset_root() -> Path:
     if not MARKET_SUBSET.is_dir():
         pytest.skip(f"real-image subset not found at {MARKET_SUBSET}; it lives outside the repo")
     return MARKET_SUBSET
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory):
+    """The tiny workflow, killed once part-way and restarted to completion (shared by the
+    workflow and SLURM tests, which compare against it)."""
+    from tests.workflow_runs import killed_then_restarted_run
+
+    return killed_then_restarted_run(tmp_path_factory.mktemp("workflow"))

@@ -345,3 +345,28 @@ def test_camera_index_is_the_classifier_position_of_each_camid():
     assert runner._camera_index(np.array([6, 2, 2]), (2, 6)).tolist() == [1, 0, 0]
     with pytest.raises(PipelineError, match=r"camera\(s\) \[3\] are not among"):
         runner._camera_index(np.array([2, 3]), (2, 6))
+
+
+def test_initial_labels_must_be_the_cameras_training_images(inputs, tmp_path):
+    index = read_table(inputs / "index.csv")
+    rows = index[(index["split"] == "train") & (index["camid"] == 2)]
+    table = pd.DataFrame({"index_row": rows.index, "camid": 2, "local_label": 0})
+    write_table(table.assign(camid=3), tmp_path / "other_camera.csv")
+    with pytest.raises(PipelineError, match="other_camera.csv: holds cameras other than 2"):
+        train_intra(inputs, tmp_path, camera=2, initial_labels=tmp_path / "other_camera.csv")
+    write_table(table.iloc[1:], tmp_path / "short.csv")
+    with pytest.raises(PipelineError, match=r"short.csv: its \d+ rows are not camera 2's"):
+        train_intra(inputs, tmp_path, camera=2, initial_labels=tmp_path / "short.csv")
+
+
+def test_first_epoch_trains_on_the_initial_labels(inputs, tmp_path):
+    index = read_table(inputs / "index.csv")
+    rows = index[(index["split"] == "train") & (index["camid"] == 2)]
+    given = np.arange(len(rows)) % 3  # 3 clusters; clustering would make 23 // 5 = 4
+    table = pd.DataFrame({"index_row": rows.index, "camid": 2, "local_label": given})
+    write_table(table, tmp_path / "initial.csv")
+    train_intra(inputs, tmp_path, camera=2, initial_labels=tmp_path / "initial.csv", iters=1)
+    first = read_table(tmp_path / "log.csv").iloc[0]
+    expected = cluster_quality(given, rows["pid"])
+    assert first["n_clusters"] == 3
+    assert first["quality_precision"] == pytest.approx(expected.precision)

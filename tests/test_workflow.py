@@ -7,37 +7,19 @@ after a parameter change (only the affected stages are planned).
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "workflow" / "tiny.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+from tests.workflow_runs import TINY, snakemake
 
 pytestmark = pytest.mark.slow
 
 UPSTREAM_OF_REFINEMENT = {"demo_data", "index", "init_model", "cluster_intra", "train_intra"}
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
@@ -64,45 +46,27 @@ def write_config(workdir: Path, name: str, change) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("workflow")
-
-
-def test_killed_run_restarts_without_redoing_finished_jobs(workdir):
-    results = workdir / "results" / "tiny"
-    proc = subprocess.Popen(
-        [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", "--configfile", str(TINY)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+def test_killed_run_restarts_without_redoing_finished_jobs(tiny_workflow):
+    results = tiny_workflow.workdir / "results" / "tiny"
+    assert tiny_workflow.stamps_before_kill == tiny_workflow.stamps_after_restart, (
+        "finished jobs were redone"
     )
-    finished = [results / "shared" / "index.csv", results / "shared" / "model_init.pt"]
-    deadline = time.time() + 300
-    while not all(p.exists() for p in finished) and time.time() < deadline:
-        time.sleep(0.5)
-    assert all(p.exists() for p in finished), "the run did not get going"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    stamps = {p: p.stat().st_mtime_ns for p in finished}
-
-    restart = snakemake(workdir, "--configfile", str(TINY), "--rerun-incomplete")
-    assert {p: p.stat().st_mtime_ns for p in finished} == stamps, "finished jobs were redone"
     comparison = pd.read_csv(results / "comparison.csv")
     assert set(comparison["experiment"]) == {"initial", "baseline", "calr"}
     assert comparison[["mAP", "rank1"]].notna().all().all()
-    assert "mAP" in restart.stdout, "the run should end by printing the metrics table"
+    assert "mAP" in tiny_workflow.restart_output, "the run should end with the metrics table"
     for exp in ("baseline", "calr"):
         for figure in ("curves", "cluster_quality", "tsne_cameras", "retrieval"):
             assert (results / exp / "report" / f"{figure}.png").stat().st_size > 0
 
 
-def test_second_run_has_nothing_to_do(workdir):
-    result = snakemake(workdir, "--configfile", str(TINY), "-n")
+def test_second_run_has_nothing_to_do(tiny_workflow):
+    result = snakemake(tiny_workflow.workdir, "--configfile", str(TINY), "-n")
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_refinement_change_reruns_refinement_and_downstream_only(workdir):
+def test_refinement_change_reruns_refinement_and_downstream_only(tiny_workflow):
+    workdir = tiny_workflow.workdir
     config = write_config(
         workdir, "refine.yaml", lambda c: c["inter"].setdefault("refine", {}).update(p0=0.5)
     )
@@ -110,20 +74,22 @@ def test_refinement_change_reruns_refinement_and_downstream_only(workdir):
     rules = {rule for rule, _ in jobs}
     assert "refine" in rules and "train_inter" in rules
     assert not rules & UPSTREAM_OF_REFINEMENT
-    # the baseline does not refine: only calr's outputs are planned
+    # the baseline does not refine: none of its outputs is planned
     assert all("/baseline/" not in output for _, output in jobs), jobs
     # round 0's global clusters are upstream of round 0's refinement
     assert ("cluster_global", "results/tiny/calr/round0/clusters.csv") not in jobs
     assert not any(rule == "extract" and "model_init" in output for rule, output in jobs)
 
 
-def test_evaluation_change_reruns_evaluation_and_report_only(workdir):
+def test_evaluation_change_reruns_evaluation_and_report_only(tiny_workflow):
+    workdir = tiny_workflow.workdir
     config = write_config(workdir, "evaluate.yaml", lambda c: c.update(evaluate={"max_rank": 20}))
-    rules = {rule for rule, _ in planned_jobs(snakemake(workdir, "--configfile", str(config), "-n"))}
-    assert rules == {"evaluate", "compare", "report", "all"}
+    result = snakemake(workdir, "--configfile", str(config), "-n")
+    assert {rule for rule, _ in planned_jobs(result)} == {"evaluate", "compare", "report", "all"}
 
 
-def test_config_typo_is_a_clear_error(workdir):
+def test_config_typo_is_a_clear_error(tiny_workflow):
+    workdir = tiny_workflow.workdir
     config = write_config(workdir, "typo.yaml", lambda c: c["inter"].update(refien={}))
     result = snakemake(workdir, "--configfile", str(config), "-n", check=False)
     assert result.returncode != 0

@@ -1,0 +1,58 @@
+"""Running the workflow from tests: the tiny configuration, a killed run and its restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "workflow" / "tiny.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if check and result.returncode != 0:
+        command = " ".join(args)
+        raise AssertionError(f"snakemake {command} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@dataclass
+class TinyRun:
+    workdir: Path
+    stamps_before_kill: dict
+    stamps_after_restart: dict
+    restart_output: str
+
+
+def killed_then_restarted_run(workdir: Path) -> TinyRun:
+    """Start the tiny workflow, SIGKILL it once its first jobs are done, and run it again."""
+    shared = workdir / "results" / "tiny" / "shared"
+    proc = subprocess.Popen(
+        [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", "--configfile", str(TINY)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    finished = [shared / "index.csv", shared / "model_init.pt"]
+    deadline = time.time() + 600
+    while not all(p.exists() for p in finished) and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert all(p.exists() for p in finished), "the run did not get going"
+    before = {p: p.stat().st_mtime_ns for p in finished}
+    restart = snakemake(workdir, "--configfile", str(TINY), "--rerun-incomplete")
+    after = {p: p.stat().st_mtime_ns for p in finished}
+    return TinyRun(workdir, before, after, restart.stdout + restart.stderr)
