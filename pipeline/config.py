@@ -1,9 +1,10 @@
 """Workflow configuration: validation against the JSON schemas with defaults filled in.
 
-The schemas live in ``workflow/schemas/`` and may refer to each other (``$ref: train.schema.yaml``);
-defaults are filled through those references too (Snakemake's own ``validate`` does not follow
-them). Referenced files carry no ``$schema`` of their own: a resource that declares one is
-validated by a fresh validator of that dialect, which would not fill defaults. An unknown key or a wrong value is a :class:`PipelineError` that names the key's path.
+The schemas live in ``workflow/schemas/`` and may refer to each other
+(``$ref: train.schema.yaml``); defaults are filled through those references too (Snakemake's own
+``validate`` does not follow them). Referenced files carry no ``$schema`` of their own: a
+resource that declares one is validated by a fresh validator of that dialect, which would not
+fill defaults. An unknown key or a wrong value is a :class:`PipelineError` naming the key.
 """
 
 from __future__ import annotations

@@ -53,6 +53,8 @@ def killed_then_restarted_run(workdir: Path) -> TinyRun:
     proc.wait()
     assert all(p.exists() for p in finished), "the run did not get going"
     before = {p: p.stat().st_mtime_ns for p in finished}
+    # a killed Snakemake leaves its lock behind: the user's first step is --unlock
+    snakemake(workdir, "--configfile", str(TINY), "--unlock")
     restart = snakemake(workdir, "--configfile", str(TINY), "--rerun-incomplete")
     after = {p: p.stat().st_mtime_ns for p in finished}
     return TinyRun(workdir, before, after, restart.stdout + restart.stderr)

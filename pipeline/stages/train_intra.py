@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> None:
         if args.initial_labels
         else None
     )
+    initial_input = {"initial_labels": args.initial_labels} if args.initial_labels else {}
     init_state = load_checkpoint(args.init)
     log.info(
         "stage 1 (intra-camera) started: camera %d, %d images, %d epochs, %d local clusters",
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> None:
         ),
         out_checkpoint=args.out_checkpoint,
         log_path=args.log,
-        job=job_from_args(args, {"index": args.index, "init": args.init}),
+        job=job_from_args(args, {"index": args.index, "init": args.init, **initial_input}),
         meta={"camera": args.camera},
     )
     labels = local_labels(extract(result.model, paths, options), clustering)
