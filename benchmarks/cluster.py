@@ -22,11 +22,11 @@ into images // 5 local clusters (``pipeline cluster-intra``, sparse formulation)
 Every figure is printed as it is measured; the last line is one JSON object with all of them:
 ``n``, ``knn_seconds``, ``after_knn_seconds`` (graph + Infomap + pivots + refinement + weights),
 ``pivots_refine_seconds``, ``peak_rss_mb``, ``knn_recall`` (approximate search only) and the
-per-step seconds and peaks.
+per-step seconds, CPU seconds and peaks. The 1M run needs about 12 GB of memory.
 
     python benchmarks/cluster.py --n 32621
-    python benchmarks/cluster.py --n 1000000 --knn ivf
-    python benchmarks/cluster.py --intra-only --camera-n 200000 --knn ivf
+    python benchmarks/cluster.py --n 1000000 --knn hnsw
+    python benchmarks/cluster.py --intra-only --camera-n 200000 --knn hnsw
 """
 
 from __future__ import annotations

@@ -48,9 +48,11 @@ def test_duplicate_rows_still_exclude_self():
     assert not (idx == np.arange(6)[:, None]).any()
 
 
-@pytest.mark.parametrize(("method", "dim"), [("ivf", 64), ("ivf", 320), ("hnsw", 64)])
+@pytest.mark.parametrize(
+    ("method", "dim"), [("ivf", 64), ("ivf", 320), ("hnsw", 64), ("hnsw", 320)]
+)
 def test_approximate_search_recalls_planted_neighbours_with_exact_similarities(method, dim):
-    # ivf at 320 dimensions searches a 256-component PCA projection
+    # at 320 dimensions the index holds a 256-component PCA projection
     x, _, _ = planted_features(2000, dim=dim, n_cams=4, seed=3)
     sims, idx = knn(x, 10, method, seed=0)
     _, ref_idx = brute_force(x, 10)

@@ -26,8 +26,6 @@ rule cluster_global:
         f"{LOGS}/{{exp}}/round{{r}}.cluster.log",
     benchmark:
         f"{BENCHMARKS}/{{exp}}/round{{r}}.cluster.tsv"
-    group:
-        "round"
     conda:
         ENV
     threads: 2
@@ -57,8 +55,6 @@ rule refine:
         f"{LOGS}/{{exp}}/round{{r}}.refine.log",
     benchmark:
         f"{BENCHMARKS}/{{exp}}/round{{r}}.refine.tsv"
-    group:
-        "round"
     conda:
         ENV
     threads: 1
