@@ -92,6 +92,7 @@ def test_config_typo_is_a_clear_error(tiny_workflow):
     workdir = tiny_workflow.workdir
     config = write_config(workdir, "typo.yaml", lambda c: c["inter"].update(refien={}))
     result = snakemake(workdir, "--configfile", str(config), "-n", check=False)
+    output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "Invalid configuration" in result.stderr
-    assert "'refien' was unexpected" in result.stderr
+    assert "Invalid configuration" in output
+    assert "'refien' was unexpected" in output

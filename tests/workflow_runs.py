@@ -46,8 +46,11 @@ def killed_then_restarted_run(workdir: Path) -> TinyRun:
         start_new_session=True,
     )
     finished = [shared / "index.csv", shared / "model_init.pt"]
+    # Snakemake records a job as complete before it starts the jobs that need its output: once
+    # the initial features exist, the index and initial model jobs are finished for good
+    started_later = shared / "model_init.train.h5"
     deadline = time.time() + 600
-    while not all(p.exists() for p in finished) and time.time() < deadline:
+    while not started_later.exists() and time.time() < deadline:
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
