@@ -9,7 +9,8 @@ Global mode (default), the work of ``pipeline cluster-global`` and ``pipeline re
 
 - ``knn``: k = 15 neighbours with ``--knn``; for ``ivf``/``hnsw`` also recall@15 against exact
   search on ``--recall-queries`` random queries;
-- ``infomap``: graph (min_sim 0.5) and Infomap (min_size 4);
+- ``infomap``: graph (min_sim 0.5) and Infomap (min_size 4; ``--tune-iterations`` as in
+  ``pipeline cluster-global``);
 - ``pivots``: the exact mean distance and Eq. 4 on the same kNN lists;
 - ``refine``: Eq. 5 with p = 1 (local labels are the planted identities, i.e. a perfect
   intra-camera clustering: the cost of refining does not depend on their quality);
@@ -128,7 +129,9 @@ def global_benchmark(args: argparse.Namespace, steps: Steps) -> dict:
             figures["knn_recall"] = exact_recall(features, idx, args.recall_queries, args.seed)
         print(f"    recall@{K}: {figures['knn_recall']:.4f} ({args.recall_queries} queries)")
     with steps.step("infomap"):
-        clusters = infomap_clusters(sims, idx, min_sim=0.5, min_size=4, seed=args.seed)
+        clusters = infomap_clusters(
+            sims, idx, min_sim=0.5, min_size=4, seed=args.seed, tune_iterations=args.tune_iterations
+        )
     with steps.step("pivots"):
         pivots = select_pivots(pivot_scores(sims, mean_pairwise_distance(features)), clusters)
     with steps.step("refine"):
@@ -193,6 +196,9 @@ def main() -> None:
     parser.add_argument("--camera-n", type=int, default=200000, help="images of that camera")
     parser.add_argument("--distance", choices=("cosine", "jaccard"), default="cosine")
     parser.add_argument("--recall-queries", type=int, default=1000)
+    parser.add_argument(
+        "--tune-iterations", type=int, default=1, help="Infomap tuning limit (0: no limit)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -208,6 +214,7 @@ def main() -> None:
         "dim": args.dim,
         "cams": 1 if args.intra_only else args.cams,
         "knn": args.knn,
+        "tune_iterations": args.tune_iterations,
         "knn_seconds": steps.figures.get("knn_seconds"),
         "peak_rss_mb": steps.peak_mb(),
         **steps.figures,

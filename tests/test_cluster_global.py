@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score
 
@@ -21,11 +22,13 @@ def planted(n_groups=20, per_group=12, dim=32, spread=0.3, seed=0):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), groups
 
 
-def test_infomap_recovers_planted_groups_and_is_deterministic():
+@pytest.mark.parametrize("tune_iterations", [0, 1])
+def test_infomap_recovers_planted_groups_and_is_deterministic(tune_iterations):
     x, groups = planted()
     sims, idx = knn(x, 15)
-    first = infomap_clusters(sims, idx, seed=7)
-    np.testing.assert_array_equal(first, infomap_clusters(sims, idx, seed=7))
+    first = infomap_clusters(sims, idx, seed=7, tune_iterations=tune_iterations)
+    again = infomap_clusters(sims, idx, seed=7, tune_iterations=tune_iterations)
+    np.testing.assert_array_equal(first, again)
     assert adjusted_rand_score(first, groups) == 1.0
     assert sorted(np.unique(first)) == list(range(20))
 

@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=15, help="Infomap: neighbours per image")
     parser.add_argument("--min-sim", type=float, default=0.5, help="Infomap: weakest link kept")
     parser.add_argument("--min-size", type=int, default=4, help="Infomap: smallest cluster kept")
+    parser.add_argument(
+        "--tune-iterations",
+        type=int,
+        default=1,
+        help="Infomap: limit on its fine/coarse tuning rounds (0: Infomap's default, no limit)",
+    )
     parser.add_argument("--k1", type=int, default=30, help="DBSCAN: k-reciprocal Jaccard k1")
     parser.add_argument("--k2", type=int, default=6, help="DBSCAN: k-reciprocal Jaccard k2")
     parser.add_argument("--eps", type=float, default=0.6, help="DBSCAN: neighbourhood radius")
@@ -53,8 +59,15 @@ def run(args: argparse.Namespace) -> None:
     check_normalised(fs.features, str(args.features))
     if args.method == "infomap":
         sims, idx = knn(fs.features, args.k, args.knn, seed=args.seed)
-        clusters = infomap_clusters(sims, idx, args.min_sim, args.min_size, args.seed)
-        params = {"k": args.k, "min_sim": args.min_sim, "min_size": args.min_size}
+        clusters = infomap_clusters(
+            sims, idx, args.min_sim, args.min_size, args.seed, args.tune_iterations
+        )
+        params = {
+            "k": args.k,
+            "min_sim": args.min_sim,
+            "min_size": args.min_size,
+            "tune_iterations": args.tune_iterations,
+        }
     else:
         _, idx = knn(fs.features, max(args.k1, args.k2) - 1, args.knn, seed=args.seed)
         clusters = dbscan_clusters(fs.features, idx, args.k1, args.k2, args.eps, args.min_samples)
