@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml is the demo. A --configfile replaces it rather than being merged into it: keys the
+# given file leaves out take the schema's defaults (workflow/schemas), never the demo's values.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -18,6 +22,7 @@ include: "workflow/rules/report.smk"
 
 localrules:
     all,
+    collect_local_labels,
     compare,
 
 

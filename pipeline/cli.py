@@ -23,6 +23,7 @@ STAGES: dict[str, str] = {
     "extract": "extract",
     "cluster-intra": "cluster_intra",
     "train-intra": "train_intra",
+    "collect-local-labels": "collect_local_labels",
     "cluster-global": "cluster_global",
     "refine": "refine",
     "train-inter": "train_inter",

@@ -181,7 +181,7 @@ def test_refine_is_reproducible_for_a_seed(workdir, tmp_path):
 # --- bad input ---------------------------------------------------------------------------
 
 
-def call_refine(workdir, tmp_path, clusters=None, local=None):
+def call_refine(workdir, tmp_path, clusters=None, local=None, weight_floor=0.0):
     from argparse import Namespace
 
     from pipeline.stages import refine
@@ -198,6 +198,7 @@ def call_refine(workdir, tmp_path, clusters=None, local=None):
             mode="paper",
             pivot_k=15,
             knn="exact",
+            weight_floor=weight_floor,
             seed=0,
             out=tmp_path / "r.csv",
             summary=tmp_path / "r.json",
@@ -230,6 +231,52 @@ def test_local_labels_of_a_table_twice_is_an_error(workdir, tmp_path):
     local = [workdir / f"local{c}.csv" for c in (1, 2, 3, 3)]
     with pytest.raises(PipelineError, match=r"has a local label in more than one place"):
         call_refine(workdir, tmp_path, local=local)
+
+
+def test_collected_local_labels_refine_as_the_per_camera_tables(workdir, tmp_path):
+    merged = tmp_path / "local.csv"
+    run("collect-local-labels", "--tables", *(workdir / f"local{c}.csv" for c in (1, 2, 3)),
+        "--out", merged)  # fmt: skip
+    table = read_table(merged)
+    assert list(table.columns) == ["index_row", "camid", "local_label"]
+    assert len(table) == 360 and table["index_row"].is_unique
+    call_refine(workdir, tmp_path / "a", local=[merged])
+    call_refine(workdir, tmp_path / "b")
+    pd.testing.assert_frame_equal(
+        read_table(tmp_path / "a" / "r.csv"), read_table(tmp_path / "b" / "r.csv")
+    )
+
+
+def test_weight_floor_lifts_single_camera_clusters(workdir, tmp_path):
+    call_refine(workdir, tmp_path / "a")
+    call_refine(workdir, tmp_path / "b", weight_floor=0.25)
+    plain, floored = read_table(tmp_path / "a" / "r.csv"), read_table(tmp_path / "b" / "r.csv")
+    labelled = plain["label"] >= 0
+    expected = np.where(labelled, np.maximum(plain["weight"], 0.25), 0.0)
+    np.testing.assert_allclose(floored["weight"], expected)
+    assert (plain.loc[labelled, "weight"] < 0.25).any(), "no weight below the floor: no test"
+    with pytest.raises(PipelineError, match=r"--weight-floor must be in \[0, 1\], got 1.5"):
+        call_refine(workdir, tmp_path / "c", weight_floor=1.5)
+
+
+def test_collect_local_labels_names_the_bad_table(workdir, tmp_path, capsys):
+    empty = tmp_path / "empty.csv"
+    write_table(pd.DataFrame(columns=["index_row", "camid", "local_label"]), empty)
+    with pytest.raises(SystemExit):
+        run(
+            "collect-local-labels",
+            "--tables",
+            workdir / "local1.csv",
+            empty,
+            "--out",
+            tmp_path / "o.csv",
+        )
+    assert "empty.csv: local-label table is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run("collect-local-labels", "--tables", workdir / "local1.csv", workdir / "local1.csv",
+            "--out", tmp_path / "o.csv")  # fmt: skip
+    assert "has a local label in more than one place" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
 
 
 def test_messages_of_intra_errors(tmp_path, capsys):

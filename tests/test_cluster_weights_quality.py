@@ -19,6 +19,16 @@ def test_cluster_weights_are_log_one_plus_camera_entropy():
     np.testing.assert_allclose(cluster_weights(LABELS, CAMIDS), expected, rtol=1e-12)
 
 
+def test_weight_floor_raises_small_weights_only():
+    plain = cluster_weights(LABELS, CAMIDS)
+    floored = cluster_weights(LABELS, CAMIDS, floor=0.1)
+    np.testing.assert_allclose(floored, np.maximum(plain, 0.1), rtol=1e-12)
+    assert (plain == 0).any() and (floored[plain == 0] == 0.1).all()
+    assert sample_weights(LABELS, CAMIDS, floor=0.1)[-1] == 0  # outliers stay 0
+    with pytest.raises(ValueError, match="floor"):
+        cluster_weights(LABELS, CAMIDS, floor=-0.1)
+
+
 def test_sample_weights_are_zero_for_outliers():
     weights = sample_weights(LABELS, CAMIDS)
     assert weights[-1] == 0 and weights[4] == 0

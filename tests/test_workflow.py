@@ -96,3 +96,17 @@ def test_config_typo_is_a_clear_error(tiny_workflow):
     assert result.returncode != 0
     assert "Invalid configuration" in output
     assert "'refien' was unexpected" in output
+
+
+def test_a_config_file_replaces_the_demo_config(tmp_path):
+    """config.yaml is the demo: keys a --configfile leaves out take the schema's defaults, not
+    the demo's (lambda 0.1, weight floor 0.5, k 6 in config.yaml; 1.0, 0.0, 15 in the schema)."""
+    config = yaml.safe_load(TINY.read_text())
+    del config["inter"]["k"]
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(config))
+    planned = snakemake(tmp_path, "--configfile", str(path), "-n").stdout
+    assert "--grl-lambda 1.0" in planned and "--grl-lambda 0.1" not in planned
+    assert "--weight-floor 0.0" in planned and "--k 15" in planned
+    demo = snakemake(tmp_path, "--configfile", str(TINY.parents[2] / "config.yaml"), "-n").stdout
+    assert "--grl-lambda 0.1" in demo and "--weight-floor 0.5" in demo and "--k 6" in demo

@@ -88,7 +88,7 @@ def knn(
     nlist: int | None = None,
     nprobe: int | None = None,
     hnsw_m: int = 32,
-    ef_search: int = 64,
+    ef_search: int = 128,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest other rows of every row, by cosine similarity.

@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--knn", choices=("exact", "ivf", "hnsw"), default="exact", help="neighbour search"
     )
+    parser.add_argument(
+        "--weight-floor",
+        type=float,
+        default=0.0,
+        help="smallest cluster weight (Eq. 6): w = max(ln(1 + H), floor); 0 = the released code",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the discard draws")
     parser.add_argument("--out", required=True, type=Path, help="refined labels table")
     parser.add_argument("--summary", required=True, type=Path, help="JSON summary to write")
@@ -68,6 +74,8 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.io import write_table
     from pipeline.stages.cluster_global import write_summary
 
+    if not 0.0 <= args.weight_floor <= 1.0:
+        raise PipelineError(f"--weight-floor must be in [0, 1], got {args.weight_floor}")
     fs = read_features(args.features)
     check_normalised(fs.features, str(args.features))
     clusters = aligned_clusters(args.clusters, fs.index_row, fs.camid)
@@ -94,7 +102,7 @@ def run(args: argparse.Namespace) -> None:
         )
         labels, discarded, pivots = result.labels, result.discarded, result.pivots
         mean_distance = result.mean_distance
-    weights = sample_weights(labels, fs.camid)
+    weights = sample_weights(labels, fs.camid, args.weight_floor)
 
     table = pd.DataFrame(
         {
@@ -116,6 +124,7 @@ def run(args: argparse.Namespace) -> None:
         "p0": args.p0,
         "discard_probability": p,
         "pivot_k": args.pivot_k,
+        "weight_floor": args.weight_floor,
         "mean_distance": mean_distance,
         "n_images": len(fs),
         "n_clusters": int(labels.max()) + 1 if len(labels) else 0,
@@ -162,30 +171,9 @@ def aligned_clusters(path: Path, index_row: np.ndarray, camid: np.ndarray) -> np
 
 def aligned_local_labels(paths: list[Path], index_row: np.ndarray, camid: np.ndarray) -> np.ndarray:
     """Local labels of every feature row from the per-camera tables, in feature row order."""
-    from pipeline.io import read_table
+    from pipeline.stages.collect_local_labels import read_local_label_tables
 
-    tables = []
-    for path in paths:
-        table = read_table(path, ("index_row", "camid", "local_label"))
-        if table.empty:
-            raise PipelineError(
-                f"{path}: local-label table is empty; rerun `pipeline cluster-intra` for its camera"
-            )
-        if (table["local_label"] < 0).any():
-            first = int(table.loc[table["local_label"] < 0, "index_row"].iloc[0])
-            raise PipelineError(f"{path}: negative local_label (first at index_row {first})")
-        tables.append(table.assign(_source=str(path)))
-    table = pd.concat(tables, ignore_index=True)
-    repeated = table["index_row"].duplicated(keep=False)
-    if repeated.any():
-        first = table[repeated].iloc[0]
-        sources = ", ".join(
-            sorted(set(table.loc[table["index_row"] == first["index_row"], "_source"]))
-        )
-        raise PipelineError(
-            f"index_row {int(first['index_row'])} has a local label in more than one place "
-            f"({sources}); pass each camera's table once"
-        )
+    table = read_local_label_tables(paths)
     rows = pd.Index(table["index_row"]).get_indexer(index_row)
     missing = rows < 0
     if missing.any():

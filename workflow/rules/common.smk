@@ -37,6 +37,7 @@ LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 INDEX = f"{SHARED}/index.csv"
 INIT_MODEL = f"{SHARED}/model_init.pt"
+LOCAL_LABELS = f"{SHARED}/intra/local_labels.csv"
 COMPARISON = f"{RESULTS}/comparison.csv"
 ENV = "../../envs/pipeline.yaml"
 
@@ -134,8 +135,10 @@ def round_features(wildcards):
 
 
 def refine_local_labels(wildcards):
+    """Stage 1's labels of all cameras in one table (a fixed path: no checkpoint lookup here,
+    so that the refinement's inputs are known when its round's group job is formed)."""
     mode = EXPERIMENTS[wildcards.exp]["refine"]["mode"]
-    return [] if mode == "none" else local_label_tables()
+    return [] if mode == "none" else [LOCAL_LABELS]
 
 
 def round_files(name):
@@ -149,10 +152,12 @@ def refine_options(exp, r):
     """Options of round r's refinement; without refinement, only that (so that changing the
     unused refinement settings of such an experiment reruns nothing)."""
     refine = EXPERIMENTS[exp]["refine"]
+    floor = EXPERIMENTS[exp]["weight_floor"] if EXPERIMENTS[exp]["cluster_weights"] else None
     if refine["mode"] == "none":
-        return options(mode="none")
+        return options(mode="none", weight_floor=floor)
     return options(
         mode=refine["mode"],
+        weight_floor=floor,
         schedule=refine["schedule"],
         p0=refine["p0"],
         pivot_k=refine["pivot_k"],

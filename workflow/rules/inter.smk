@@ -18,6 +18,7 @@ rule cluster_global:
             k=EXPERIMENTS[w.exp]["k"],
             min_sim=EXPERIMENTS[w.exp]["min_sim"],
             min_size=EXPERIMENTS[w.exp]["min_size"],
+            tune_iterations=EXPERIMENTS[w.exp]["tune_iterations"],
             eps=EXPERIMENTS[w.exp]["eps"],
             min_samples=EXPERIMENTS[w.exp]["min_samples"],
             seed=config["model"]["seed"],
@@ -32,6 +33,8 @@ rule cluster_global:
     resources:
         mem_mb=8000,
         runtime=60,
+    group:
+        "round"
     shell:
         "python -m pipeline cluster-global --features {input.features} {params.opts}"
         " --out {output.clusters} --summary {output.summary} > {log} 2>&1"
@@ -42,7 +45,7 @@ rule refine:
         labels=f"{RESULTS}/{{exp}}/round{{r}}/refined.csv",
         summary=f"{RESULTS}/{{exp}}/round{{r}}/refine.json",
     input:
-        code("stages/refine.py", "cluster", "features"),
+        code("stages/refine.py", "stages/collect_local_labels.py", "cluster", "features"),
         clusters=f"{RESULTS}/{{exp}}/round{{r}}/clusters.csv",
         features=round_features,
         local_labels=refine_local_labels,
@@ -61,6 +64,8 @@ rule refine:
     resources:
         mem_mb=8000,
         runtime=30,
+    group:
+        "round"
     shell:
         "python -m pipeline refine --clusters {input.clusters} --features {input.features}"
         " {params.local_labels} {params.opts}"

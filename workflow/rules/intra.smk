@@ -71,3 +71,24 @@ rule train_intra:
         " --init {input.init} --initial-labels {input.labels} {params.opts}"
         " --out-checkpoint {output.checkpoint} --out-labels {output.labels}"
         " --log {output.log} > {log} 2>&1"
+
+
+rule collect_local_labels:
+    """All cameras' local labels in one table, the refinement's input."""
+    output:
+        LOCAL_LABELS,
+    input:
+        code("stages/collect_local_labels.py"),
+        tables=local_label_tables,
+    log:
+        f"{LOGS}/intra/collect_local_labels.log",
+    benchmark:
+        f"{BENCHMARKS}/intra/collect_local_labels.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m pipeline collect-local-labels --tables {input.tables} --out {output} > {log} 2>&1"
