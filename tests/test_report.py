@@ -27,6 +27,7 @@ from pipeline.report.tables import (
     markdown_table,
 )
 from pipeline.stages import compare, report
+from pipeline.train.inter import summary_fields
 
 
 @pytest.fixture(autouse=True)
@@ -141,9 +142,8 @@ def make_report_inputs(root: Path, quality: bool = True) -> dict:
                 "n_outliers": 8 - r,
                 "n_train_samples": 24,
                 "seconds": 1.0,
-                "n_pivots": 5,
-                "discard_ratio": 0.5 / r,
-                "discard_probability": 1.0 / r,
+                # as train-inter writes them: the refinement summary's scalars, prefixed
+                **summary_fields(summary(r, quality)),
             }
         ).to_csv(folder / "train_log.csv", index=False)
         (folder / "refine.json").write_text(json.dumps(summary(r, quality)))
@@ -572,3 +572,12 @@ def test_load_thumbnail_resizes_and_names_an_unreadable_image(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(PipelineError, match=r"broken.jpg: cannot read the image"):
         report.load_thumbnail(str(tmp_path / "broken.jpg"))
+
+
+def test_curves_read_the_refinement_columns_of_a_stage2_log():
+    """train-inter logs the refinement summary with a ``refine_`` prefix: the curves read those."""
+    log = pd.DataFrame({"epoch": [1], "n_clusters": [5], **summary_fields(summary(1))})
+    fig = plot_curves(concat_train_logs([log], ["l"]), None, "t")
+    _, clusters, refine, _ = fig.axes[:4]
+    assert [line.get_label() for line in refine.lines] == ["discard ratio", "discard probability p"]
+    assert "pivots" in [line.get_label() for line in clusters.lines]

@@ -22,10 +22,16 @@ LOSS_COLUMNS = {
     "loss_camera": "camera classifier (Eq. 8)",
     "loss_total": "total (Eq. 9)",
 }
-CLUSTER_COLUMNS = {"n_clusters": "global clusters", "n_outliers": "outliers", "n_pivots": "pivots"}
+# stage 2 logs carry the refinement summary under this prefix (pipeline.train.inter)
+REFINE_PREFIX = "refine_"
+CLUSTER_COLUMNS = {
+    "n_clusters": "global clusters",
+    "n_outliers": "outliers",
+    f"{REFINE_PREFIX}n_pivots": "pivots",
+}
 REFINE_COLUMNS = {
-    "discard_ratio": "discard ratio",
-    "discard_probability": "discard probability p",
+    f"{REFINE_PREFIX}discard_ratio": "discard ratio",
+    f"{REFINE_PREFIX}discard_probability": "discard probability p",
 }
 
 
