@@ -54,6 +54,9 @@ def test_workflow_through_slurm_matches_a_local_run(slurm_cluster, tiny_workflow
     assert submitted >= 8, f"expected the jobs to go through sbatch:\n{output}"
     slurm_logs = list((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert len(slurm_logs) == submitted
+    # the round's global clustering and refinement went as one submission (group: round)
+    assert "Group job round" in output
+    assert any(log.parent.name.startswith("group_round") for log in slurm_logs), slurm_logs
 
     local = tiny_workflow.workdir
     for name in [
