@@ -60,6 +60,8 @@ def workdir(tmp_path_factory):
         root / "clusters.json",
         "--seed",
         3,
+        "--out-neighbours",
+        root / "neighbours.npz",
     )
     return root
 
@@ -181,7 +183,7 @@ def test_refine_is_reproducible_for_a_seed(workdir, tmp_path):
 # --- bad input ---------------------------------------------------------------------------
 
 
-def call_refine(workdir, tmp_path, clusters=None, local=None, weight_floor=0.0):
+def call_refine(workdir, tmp_path, clusters=None, local=None, weight_floor=0.0, neighbours=None):
     from argparse import Namespace
 
     from pipeline.stages import refine
@@ -199,6 +201,7 @@ def call_refine(workdir, tmp_path, clusters=None, local=None, weight_floor=0.0):
             pivot_k=15,
             knn="exact",
             weight_floor=weight_floor,
+            neighbours=neighbours,
             seed=0,
             out=tmp_path / "r.csv",
             summary=tmp_path / "r.json",
@@ -257,6 +260,26 @@ def test_weight_floor_lifts_single_camera_clusters(workdir, tmp_path):
     assert (plain.loc[labelled, "weight"] < 0.25).any(), "no weight below the floor: no test"
     with pytest.raises(PipelineError, match=r"--weight-floor must be in \[0, 1\], got 1.5"):
         call_refine(workdir, tmp_path / "c", weight_floor=1.5)
+
+
+def test_refine_on_saved_neighbours_equals_a_fresh_search(workdir, tmp_path):
+    call_refine(workdir, tmp_path / "a", neighbours=workdir / "neighbours.npz")
+    call_refine(workdir, tmp_path / "b")
+    pd.testing.assert_frame_equal(
+        read_table(tmp_path / "a" / "r.csv"), read_table(tmp_path / "b" / "r.csv")
+    )
+    saved = np.load(workdir / "neighbours.npz")
+    assert saved["similarities"].shape == (360, 15) and saved["indices"].shape == (360, 15)
+
+
+def test_neighbours_of_other_features_are_an_error(workdir, tmp_path):
+    from pipeline.stages.cluster_global import write_neighbours
+
+    saved = np.load(workdir / "neighbours.npz")
+    stale = tmp_path / "stale.npz"
+    write_neighbours(stale, saved["similarities"], saved["indices"], saved["index_row"] + 1, "none")
+    with pytest.raises(PipelineError, match=r"stale.npz: the neighbour lists were computed"):
+        call_refine(workdir, tmp_path, neighbours=stale)
 
 
 def test_collect_local_labels_names_the_bad_table(workdir, tmp_path, capsys):

@@ -61,9 +61,14 @@ def refine_epoch(
     mode: str = "paper",
     pivot_k: int = 15,
     knn_method: str = "exact",
+    similarities: np.ndarray | None = None,
 ) -> Refinement:
-    """Pivots (Eq. 4) on the current L2-normalised ``features``, then :func:`refine_labels`."""
-    similarities, _ = knn(features, pivot_k, knn_method)
+    """Pivots (Eq. 4) on the current L2-normalised ``features``, then :func:`refine_labels`.
+
+    ``similarities`` (N x ``pivot_k``), the neighbour similarities of these features when the
+    global clustering has already searched them; else they are searched here."""
+    if similarities is None:
+        similarities, _ = knn(features, pivot_k, knn_method)
     mean_distance = mean_pairwise_distance(features)
     pivots = select_pivots(pivot_scores(similarities, mean_distance), global_clusters)
     labels, discarded = refine_labels(

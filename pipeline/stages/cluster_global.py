@@ -5,6 +5,9 @@ Infomap (the paper) on the kNN graph: links to the --k nearest images with simil
 sparse k-reciprocal Jaccard distance (--k1, --k2, --eps, --min-samples). Writes the global
 clusters table of docs/formats.md (index_row, camid, cluster) and a JSON summary with the
 cluster counts and, when identities are known, the cluster quality (never used for training).
+With --out-neighbours it also saves the kNN lists it searched, so that `pipeline refine` scores
+the pivots (Eq. 4) on them instead of searching again (at a million images the search is most
+of the stage's time).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 # Quality diagnostics are reported when at least this fraction of rows has a known identity.
@@ -28,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", required=True, type=Path, help="HDF5 feature file")
     parser.add_argument("--out", required=True, type=Path, help="global clusters table")
     parser.add_argument("--summary", required=True, type=Path, help="JSON summary to write")
+    parser.add_argument(
+        "--out-neighbours",
+        type=Path,
+        help="also save the kNN lists (.npz) for `pipeline refine --neighbours`",
+    )
     parser.add_argument("--method", choices=("infomap", "dbscan"), default="infomap")
     parser.add_argument("--k", type=int, default=15, help="Infomap: neighbours per image")
     parser.add_argument("--min-sim", type=float, default=0.5, help="Infomap: weakest link kept")
@@ -69,13 +79,15 @@ def run(args: argparse.Namespace) -> None:
             "tune_iterations": args.tune_iterations,
         }
     else:
-        _, idx = knn(fs.features, max(args.k1, args.k2) - 1, args.knn, seed=args.seed)
+        sims, idx = knn(fs.features, max(args.k1, args.k2) - 1, args.knn, seed=args.seed)
         clusters = dbscan_clusters(fs.features, idx, args.k1, args.k2, args.eps, args.min_samples)
         params = {"k1": args.k1, "k2": args.k2, "eps": args.eps, "min_samples": args.min_samples}
     write_table(
         pd.DataFrame({"index_row": fs.index_row, "camid": fs.camid, "cluster": clusters}),
         args.out,
     )
+    if args.out_neighbours:
+        write_neighbours(args.out_neighbours, sims, idx, fs.index_row, fs.attrs.get("model"))
     summary = {
         "method": args.method,
         **params,
@@ -96,6 +108,48 @@ def run(args: argparse.Namespace) -> None:
         summary["n_clusters"],
         summary["n_outliers"],
     )
+
+
+def write_neighbours(
+    path: Path, similarities: np.ndarray, indices: np.ndarray, index_row: np.ndarray, model
+) -> None:
+    """Save kNN lists (rows in feature order) with the rows and model they were computed for."""
+    from pipeline.io import atomic_output
+
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            similarities=similarities,
+            indices=indices,
+            index_row=index_row,
+            model=np.array(str(model)),
+        )
+
+
+def read_neighbour_similarities(
+    path: Path, index_row: np.ndarray, model, k: int
+) -> np.ndarray | None:
+    """The first ``k`` neighbour similarities of each row saved by :func:`write_neighbours`, or
+    None when the file holds fewer than ``k`` per row. Lists computed for other rows or another
+    model's features are an error naming the file."""
+    try:
+        with np.load(path) as saved:
+            similarities, rows = saved["similarities"], saved["index_row"]
+            saved_model = str(saved["model"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise PipelineError(
+            f"{path}: cannot read the neighbour lists ({exc}); rerun `pipeline cluster-global` "
+            "with --out-neighbours"
+        ) from exc
+    if not np.array_equal(rows, index_row) or saved_model != str(model):
+        raise PipelineError(
+            f"{path}: the neighbour lists were computed from other features (model "
+            f"{saved_model}, {len(rows)} rows) than --features (model {model}, {len(index_row)} "
+            "rows); rerun `pipeline cluster-global` on these features"
+        )
+    if similarities.shape[1] < k:
+        return None
+    return similarities[:, :k]
 
 
 def pids_known(pids: np.ndarray) -> bool:

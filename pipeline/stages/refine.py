@@ -59,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="smallest cluster weight (Eq. 6): w = max(ln(1 + H), floor); 0 = the released code",
     )
+    parser.add_argument(
+        "--neighbours",
+        type=Path,
+        help="kNN lists of these features from `pipeline cluster-global --out-neighbours` "
+        "(used for Eq. 4 when they hold at least --pivot-k neighbours; else searched again)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the discard draws")
     parser.add_argument("--out", required=True, type=Path, help="refined labels table")
     parser.add_argument("--summary", required=True, type=Path, help="JSON summary to write")
@@ -72,7 +78,7 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.cluster.weights import sample_weights
     from pipeline.features.store import read_features
     from pipeline.io import write_table
-    from pipeline.stages.cluster_global import write_summary
+    from pipeline.stages.cluster_global import read_neighbour_similarities, write_summary
 
     if not 0.0 <= args.weight_floor <= 1.0:
         raise PipelineError(f"--weight-floor must be in [0, 1], got {args.weight_floor}")
@@ -97,8 +103,26 @@ def run(args: argparse.Namespace) -> None:
             log.info("--mode reference keeps p = --p0 fixed; --schedule %s ignored", args.schedule)
         p = discard_probability(args.epoch, args.total_epochs, schedule, args.p0)
         rng = np.random.default_rng([args.seed, args.epoch])
+        similarities = None
+        if args.neighbours:
+            similarities = read_neighbour_similarities(
+                args.neighbours, fs.index_row, fs.attrs.get("model"), args.pivot_k
+            )
+            if similarities is None:
+                log.info(
+                    "%s holds fewer than %d neighbours: searching", args.neighbours, args.pivot_k
+                )
         result = refine_epoch(
-            fs.features, clusters, fs.camid, local, p, rng, args.mode, args.pivot_k, args.knn
+            fs.features,
+            clusters,
+            fs.camid,
+            local,
+            p,
+            rng,
+            args.mode,
+            args.pivot_k,
+            args.knn,
+            similarities,
         )
         labels, discarded, pivots = result.labels, result.discarded, result.pivots
         mean_distance = result.mean_distance

@@ -8,6 +8,7 @@ rule cluster_global:
     output:
         clusters=f"{RESULTS}/{{exp}}/round{{r}}/clusters.csv",
         summary=f"{RESULTS}/{{exp}}/round{{r}}/clusters.json",
+        neighbours=f"{RESULTS}/{{exp}}/round{{r}}/neighbours.npz",
     input:
         code("stages/cluster_global.py", "cluster", "features"),
         features=round_features,
@@ -37,7 +38,8 @@ rule cluster_global:
         "round"
     shell:
         "python -m pipeline cluster-global --features {input.features} {params.opts}"
-        " --out {output.clusters} --summary {output.summary} > {log} 2>&1"
+        " --out {output.clusters} --summary {output.summary}"
+        " --out-neighbours {output.neighbours} > {log} 2>&1"
 
 
 rule refine:
@@ -47,6 +49,7 @@ rule refine:
     input:
         code("stages/refine.py", "stages/collect_local_labels.py", "cluster", "features"),
         clusters=f"{RESULTS}/{{exp}}/round{{r}}/clusters.csv",
+        neighbours=f"{RESULTS}/{{exp}}/round{{r}}/neighbours.npz",
         features=round_features,
         local_labels=refine_local_labels,
     params:
@@ -68,7 +71,7 @@ rule refine:
         "round"
     shell:
         "python -m pipeline refine --clusters {input.clusters} --features {input.features}"
-        " {params.local_labels} {params.opts}"
+        " --neighbours {input.neighbours} {params.local_labels} {params.opts}"
         " --out {output.labels} --summary {output.summary} > {log} 2>&1"
 
 
