@@ -26,7 +26,9 @@ def test_empty_config_gets_every_default_including_referenced_schemas():
     }
 
 
-@pytest.mark.parametrize("config_file", ["config.yaml", "config/paper.yaml"])
+@pytest.mark.parametrize(
+    "config_file", ["config.yaml", "config/paper.yaml", "config/market-subset.yaml"]
+)
 def test_shipped_configs_and_their_experiments_validate(config_file):
     config = validate_config(yaml.safe_load((ROOT / config_file).read_text()), SCHEMA)
     for name, overrides in config["experiments"].items():

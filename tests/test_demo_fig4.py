@@ -34,11 +34,19 @@ def demo_round0(tmp_path_factory):
         + ["--cameras", str(dataset["demo_cameras"])]
     )
     pipeline(["index", "--dataset", "market1501", "--root", str(data), "--out", str(index)])
+    input_size = ["--height", str(size["height"]), "--width", str(size["width"])]
     pipeline(
         ["init-model", "--arch", model["arch"], "--pooling", model["pooling"]]
         + ["--pretrained", model["pretrained"], "--seed", str(model["seed"]), "--out", str(init)]
+        + (
+            ["--calibrate-index", str(index), "--device", "cpu"]
+            + ["--calibration-images", str(model["calibration_images"])]
+            + ["--batch-size", str(config["extract"]["batch_size"])]
+            + input_size
+            if model["calibrate_bn"]
+            else []
+        )
     )
-    input_size = ["--height", str(size["height"]), "--width", str(size["width"])]
     features = out / "model_init.train.h5"
     pipeline(
         ["extract", "--index", str(index), "--checkpoint", str(init), "--split", "train"]
@@ -60,6 +68,9 @@ def demo_round0(tmp_path_factory):
             + ["--initial-labels", str(initial), "--epochs", str(intra["epochs"])]
             + ["--ratio", str(intra["ratio"]), "--distance", intra["distance"]]
             + ["--batch-size", str(train["batch_size"]), "--instances", str(train["instances"])]
+            + ["--iters", str(train["iters"]), "--lr", str(train["lr"])]
+            + ["--weight-decay", str(train["weight_decay"]), "--step-size", str(train["step_size"])]
+            + ["--momentum", str(train["momentum"]), "--temperature", str(train["temperature"])]
             + input_size
             + ["--device", "cpu", "--workers", "0", "--seed", str(model["seed"])]
             + ["--out-checkpoint", str(out / f"cam{cam}.pt"), "--out-labels", str(local)]

@@ -284,39 +284,49 @@ def test_intra_camera_errors_name_the_camera(inputs, tmp_path):
         train_intra(inputs, tmp_path, camera=1, ratio=8)
 
 
-# Stage 1 from random weights on CPU: the first steps move the BatchNorm running statistics away
-# from their initial values, so the clustering first gets worse (measured: 0.74 -> 0.31 after
-# 3 epochs here) and recovers once training has run for a few dozen steps (0.75-0.86 after 6-8
-# epochs). Precision on one camera moves by up to +-0.15 from epoch to epoch; the check allows
-# a small part of that, and still fails on broken training (misaligned labels or collapsed
-# features cluster near chance, about 0.1 here).
-PRECISION_TOLERANCE = 0.05
+# Stage 1 from random weights on CPU, from an encoder whose BatchNorm statistics were calibrated
+# on the training images (as the demo config does): before calibration, the eval-mode network
+# was another function than the one training optimises, and the first steps moved the running
+# statistics to the data's, so the clustering first got worse for reasons unrelated to the
+# labels (see pipeline/models/calibration.py).
+STAGE1_MARGIN = 0.05
 
 
 @pytest.fixture(scope="module")
 def two_camera_demo(tmp_path_factory):
-    """A demo with more images per camera (40 identities, 2 cameras) and its index."""
+    """A demo with more images per camera (40 identities, 2 cameras), its index and a
+    calibrated initial ResNet-18."""
     folder = tmp_path_factory.mktemp("demo-2cams")
     write_demo_dataset(folder / "demo", DemoConfig(seed=0, identities=40, cameras=2))
     write_table(read_dataset("market1501", folder / "demo"), folder / "index.csv")
+    run_stage(
+        "init-model",
+        arch="resnet18",
+        pretrained="none",
+        calibrate_index=folder / "index.csv",
+        height=64,
+        width=32,
+        device="cpu",
+        out=folder / "init.pt",
+    )
     return folder
 
 
 @pytest.mark.slow
-def test_stage1_local_labels_are_as_precise_as_the_untrained_clustering(
-    inputs, two_camera_demo, tmp_path
+def test_stage1_local_labels_are_more_precise_than_the_untrained_clustering(
+    two_camera_demo, tmp_path
 ):
     index = read_table(two_camera_demo / "index.csv")
     camera = 1
     rows = index[(index["split"] == "train") & (index["camid"] == camera)]
     clustering = LocalClustering(camera, ratio=3)
-    untrained = model_from_checkpoint(load_checkpoint(inputs / "init.pt"))
+    untrained = model_from_checkpoint(load_checkpoint(two_camera_demo / "init.pt"))
     options = TrainOptions(epochs=8, height=64, width=32, workers=0, progress=False)
     untrained_labels = local_labels(extract(untrained, rows["path"].tolist(), options), clustering)
     untrained_precision = cluster_quality(untrained_labels, rows["pid"]).precision
 
     train_intra(
-        inputs,
+        two_camera_demo,
         tmp_path,
         index=two_camera_demo / "index.csv",
         camera=camera,
@@ -335,7 +345,7 @@ def test_stage1_local_labels_are_as_precise_as_the_untrained_clustering(
     assert log["quality_precision"].iloc[0] == pytest.approx(untrained_precision)
     assert log["loss_contrastive"].iloc[-1] < log["loss_contrastive"].iloc[0]
     precision = cluster_quality(local["local_label"], rows["pid"]).precision
-    assert precision >= untrained_precision - PRECISION_TOLERANCE
+    assert precision >= untrained_precision + STAGE1_MARGIN, (untrained_precision, precision)
     state = load_checkpoint(tmp_path / "model.pt")
     assert state["epoch"] == 8 and state["camera"] == camera and state["stage"] == "intra"
     assert not (tmp_path / "model.partial.pt").exists()

@@ -88,6 +88,23 @@ def test_evaluation_change_reruns_evaluation_and_report_only(tiny_workflow):
     assert {rule for rule, _ in planned_jobs(result)} == {"evaluate", "compare", "report", "all"}
 
 
+def test_batchnorm_calibration_remakes_the_initial_model_from_the_index(tiny_workflow):
+    workdir = tiny_workflow.workdir
+    config = write_config(
+        workdir, "calibrated.yaml", lambda config: config["model"].update(calibrate_bn=True)
+    )
+    result = snakemake(workdir, "--configfile", str(config), "-n")
+    rules = {rule for rule, _ in planned_jobs(result)}
+    assert "init_model" in rules and "train_intra" in rules
+    assert not rules & {"demo_data", "index"}
+    assert re.search(
+        r"pipeline init-model .* --calibrate-index \S+/index\.csv --calibration-images 4096",
+        result.stdout,
+    )
+    plain = snakemake(workdir, "--configfile", str(TINY), "-n", "--forcerun", "init_model")
+    assert "pipeline init-model" in plain.stdout and "--calibrate-index" not in plain.stdout
+
+
 def test_config_typo_is_a_clear_error(tiny_workflow):
     workdir = tiny_workflow.workdir
     config = write_config(workdir, "typo.yaml", lambda c: c["inter"].update(refien={}))

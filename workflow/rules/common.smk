@@ -52,6 +52,8 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
 
 # A job asks the scheduler for a GPU unless the config says to run on the CPU.
 GPU = 0 if config["device"] == "cpu" else 1
+# Whether the initial encoder's BatchNorm statistics are estimated on the training images.
+CALIBRATE_BN = config["model"]["calibrate_bn"]
 # On the CPU, OpenMP threads that spin between operations steal the cores of the jobs next to
 # them (measured: a ResNet-18 forward 15.2 -> 19.8 images/s on a loaded 2-core machine).
 if not GPU and "OMP_WAIT_POLICY" not in _environment:

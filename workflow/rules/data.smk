@@ -50,10 +50,13 @@ checkpoint index:
 
 
 rule init_model:
+    """The initial encoder; with model.calibrate_bn, its BatchNorm statistics are estimated on
+    the training images (pipeline/models/calibration.py)."""
     output:
         INIT_MODEL,
     input:
-        code("stages/init_model.py", "models"),
+        code("stages/init_model.py", "models", "data/images.py"),
+        index=INDEX if CALIBRATE_BN else [],
     params:
         opts=options(
             arch=config["model"]["arch"],
@@ -62,6 +65,18 @@ rule init_model:
             pretrained=config["model"]["pretrained"],
             weights_path=config["model"]["weights_path"],
             seed=config["model"]["seed"],
+        ),
+        calibration=(
+            options(
+                calibrate_index=INDEX,
+                calibration_images=config["model"]["calibration_images"],
+                height=config["input"]["height"],
+                width=config["input"]["width"],
+                batch_size=config["extract"]["batch_size"],
+                device=config["device"],
+            )
+            if CALIBRATE_BN
+            else ""
         ),
     log:
         f"{LOGS}/init_model.log",
@@ -73,8 +88,9 @@ rule init_model:
     resources:
         mem_mb=4000,
         runtime=30,
+        gpu=GPU if CALIBRATE_BN else 0,
     shell:
-        "python -m pipeline init-model {params.opts} --out {output} > {log} 2>&1"
+        "python -m pipeline init-model {params.opts} {params.calibration} --out {output} > {log} 2>&1"
 
 
 rule extract:
