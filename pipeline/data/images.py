@@ -28,6 +28,13 @@ from pipeline.errors import PipelineError
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
 
 
+def check_input_size(height: int, width: int) -> None:
+    """Fail naming the options when the network input size (--height, --width) is not
+    positive."""
+    if height < 1 or width < 1:
+        raise PipelineError(f"input size must be positive, got --height {height} --width {width}")
+
+
 def load_rgb(path: str, min_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode ``path`` as RGB. With ``min_size`` = (height, width), a large JPEG may be decoded
     at a reduced scale that is still at least that size in both dimensions."""

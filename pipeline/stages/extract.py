@@ -83,6 +83,7 @@ def select_rows(
 
 
 def run(args: argparse.Namespace) -> None:
+    from pipeline.data.images import check_input_size
     from pipeline.features.extract import (
         default_num_workers,
         extract_embeddings,
@@ -98,10 +99,7 @@ def run(args: argparse.Namespace) -> None:
             f"{args.out}: feature files are HDF5, name them {' or '.join(FEATURE_SUFFIXES)} "
             "(option --out)"
         )
-    if args.height < 1 or args.width < 1:
-        raise PipelineError(
-            f"input size must be positive, got --height {args.height} --width {args.width}"
-        )
+    check_input_size(args.height, args.width)
     index = read_table(args.index, required_columns=("path", "camid", "pid", "split"))
     rows = select_rows(index, args.split, args.camera, args.index)
     state = load_checkpoint(args.checkpoint)

@@ -93,15 +93,13 @@ def calibration_batches(paths: list[str], height: int, width: int, batch_size: i
 def run(args: argparse.Namespace) -> None:
     import torch
 
+    from pipeline.data.images import check_input_size
     from pipeline.features.extract import resolve_device
     from pipeline.models import build_model
     from pipeline.models.calibration import calibrate_batchnorm
     from pipeline.models.checkpoint import save_checkpoint
 
-    if args.height < 1 or args.width < 1:
-        raise PipelineError(
-            f"input size must be positive, got --height {args.height} --width {args.width}"
-        )
+    check_input_size(args.height, args.width)
     torch.manual_seed(args.seed)
     model = build_model(
         arch=args.arch,
