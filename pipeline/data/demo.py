@@ -1,10 +1,16 @@
 """Synthetic pedestrian crops for the demo dataset: identity in the person, style in the camera.
 
 Each identity is a drawn person (:class:`Person`: clothing colours and pattern, build, bag,
-hair and skin tone) and each camera a strong style (:class:`CameraStyle`: background colour and
+hair and skin tone) and each camera its own style (:class:`CameraStyle`: background colour and
 texture, colour tint, brightness, blur, noise, person scale). Images of one camera therefore
 look alike whoever is in them, which is the camera bias CALR addresses: naive features group
 images by camera, while the clothing still tells the identities apart.
+
+The backgrounds are muted (saturation 0.15-0.3, texture amplitude 5-15%) and the clothes
+saturated. With saturated backgrounds (0.35-0.8, 15-35%) the camera outweighed the person so
+far that a ResNet-18 from random weights, trained on its own clusters, learned the cameras and
+ended below its untrained mAP; with muted ones the camera bias remains (naive features still
+group by camera, the tests check it) and training from random weights improves retrieval.
 
 Everything here is pure: :func:`plan_demo` decides which images exist and :func:`draw_crop`
 draws one as an array; ``pipeline demo-data`` writes them. Every random draw comes from a
@@ -122,14 +128,17 @@ def sample_person(rng: np.random.Generator) -> Person:
 
 
 def sample_camera(rng: np.random.Generator, position: float, texture: str) -> CameraStyle:
-    """A camera style; ``position`` in [0, 1) spreads background hues around the colour wheel."""
+    """A camera style; ``position`` in [0, 1) spreads background hues around the colour wheel.
+
+    Muted backgrounds and faint textures (see the module docstring for why).
+    """
     return CameraStyle(
         background=_hsv(
-            position + rng.uniform(-0.04, 0.04), rng.uniform(0.35, 0.8), rng.uniform(0.35, 0.85)
+            position + rng.uniform(-0.04, 0.04), rng.uniform(0.15, 0.3), rng.uniform(0.4, 0.65)
         ),
         texture=texture,
         period=rng.uniform(6.0, 16.0),
-        contrast=rng.uniform(0.15, 0.35),
+        contrast=rng.uniform(0.05, 0.15),
         tint=tuple(rng.uniform(0.9, 1.1, size=3).tolist()),
         brightness=rng.uniform(0.85, 1.15),
         blur=rng.uniform(0.0, 1.5),

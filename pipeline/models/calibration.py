@@ -14,8 +14,8 @@ batch statistics, computed in train mode (each layer normalised by its batch sta
 a training step) with no gradient and no weight change. This is the standard re-estimation of
 BN statistics (as AdaBN and SWA do it). ImageNet weights carry statistics of real images and
 the paper uses them as they are, so the pipeline calibrates only when asked (``model:
-calibrate_bn`` in the config; on in ``config/market-subset.yaml``, off in the demo, whose
-figures and tests are of the run without it).
+calibrate_bn`` in the config: on in the demo's ``config.yaml`` and in
+``config/market-subset.yaml``, which start from random weights; off in ``config/paper.yaml``).
 """
 
 from __future__ import annotations
