@@ -29,7 +29,7 @@ localrules:
 rule all:
     input:
         COMPARISON,
-        expand(f"{RESULTS}/{{exp}}/report/summary.md", exp=EXPERIMENTS),
+        expand(f"{RESULTS}/{{exp}}/seed{{seed}}/report/summary.md", exp=EXPERIMENTS, seed=SEEDS),
 
 
 onsuccess:

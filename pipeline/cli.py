@@ -1,39 +1,57 @@
 """`pipeline <stage>`: one command-line entry point with a subcommand per stage.
 
 Each stage lives in ``pipeline/stages/<module>.py`` and exposes ``add_arguments(parser)`` and
-``run(args)``; its module docstring's first line is the subcommand's help. Stage modules import
-heavy packages (torch, faiss, infomap) inside ``run`` so that ``--help`` stays fast.
+``run(args)``; its module docstring's first line is the subcommand's help. Only the stage that
+runs is imported (the others' help lines are read from their source), so a stage's code is
+exactly its module and what that imports: the workflow reruns a stage when that code changes
+(``workflow/rules/common.smk``), and nothing here is part of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
 
-# command name -> module under pipeline.stages, in pipeline order
-STAGES: dict[str, str] = {
-    "demo-data": "demo_data",
-    "index": "index",
-    "init-model": "init_model",
-    "extract": "extract",
-    "cluster-intra": "cluster_intra",
-    "train-intra": "train_intra",
-    "collect-local-labels": "collect_local_labels",
-    "cluster-global": "cluster_global",
-    "refine": "refine",
-    "train-inter": "train_inter",
-    "evaluate": "evaluate",
-    "compare": "compare",
-    "report": "report",
-}
+# command names in pipeline order; each is the module pipeline.stages.<name with underscores>
+STAGES = (
+    "demo-data",
+    "index",
+    "init-model",
+    "extract",
+    "cluster-intra",
+    "train-intra",
+    "collect-local-labels",
+    "cluster-global",
+    "refine",
+    "train-inter",
+    "evaluate",
+    "compare",
+    "report",
+)
+STAGES_DIR = Path(__file__).parent / "stages"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def module_name(stage: str) -> str:
+    return "pipeline.stages." + stage.replace("-", "_")
+
+
+def stage_help(stage: str) -> str | None:
+    """The first line of a stage module's docstring, read without importing the module."""
+    path = STAGES_DIR / (stage.replace("-", "_") + ".py")
+    doc = ast.get_docstring(ast.parse(path.read_text()))
+    return doc.strip().splitlines()[0] if doc else None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; the arguments of only the stage named in ``argv`` (every stage's when
+    ``argv`` is None) are added, so only that stage's module is imported."""
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description="CALR unsupervised person re-identification, one stage at a time.",
@@ -43,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
-    for name, module_name in STAGES.items():
-        module = importlib.import_module(f"pipeline.stages.{module_name}")
+    chosen = set(STAGES) if argv is None else set(argv) & set(STAGES)
+    for name in STAGES:
+        if name not in chosen:
+            sub.add_parser(name, help=stage_help(name))
+            continue
+        module = importlib.import_module(module_name(name))
         doc = (module.__doc__ or "").strip().splitlines()
         stage_parser = sub.add_parser(
             name,
@@ -58,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(word) for word in argv]
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,31 +1,53 @@
-"""Workflow configuration: validation against the JSON schemas with defaults filled in.
+"""Workflow configuration: validation against the JSON schemas with defaults filled in, and the
+command-line options a rule passes to a stage.
 
-The schemas live in ``workflow/schemas/`` and may refer to each other
-(``$ref: train.schema.yaml``); defaults are filled through those references too (Snakemake's own
-``validate`` does not follow them). Referenced files carry no ``$schema`` of their own: a
-resource that declares one is validated by a fresh validator of that dialect, which would not
-fill defaults. An unknown key or a wrong value is a :class:`PipelineError` naming the key.
+The schemas live in ``workflow/schemas/``: ``config.schema.yaml`` (written by hand: the layout of
+the config) refers to the sections of ``settings.schema.yaml``, which is generated from the
+stages' settings classes (:mod:`pipeline.settings`). References (``$ref: file#/pointer``) are
+inlined before validation, so defaults are filled through them too (Snakemake's own
+``validate`` does not follow them). An unknown key or a wrong value is a :class:`PipelineError`
+naming the key. This module reads YAML only: the Snakemake process never imports PyTorch.
 """
 
 from __future__ import annotations
 
 import copy
+import shlex
 from pathlib import Path
 
 import jsonschema
-import referencing
-import referencing.jsonschema
 import yaml
 
 from pipeline.errors import PipelineError
 
 
-def _registry(schema_dir: Path) -> referencing.Registry:
-    def retrieve(uri: str) -> referencing.Resource:
-        path = schema_dir / uri.rsplit("/", 1)[-1]
-        return referencing.jsonschema.DRAFT202012.create_resource(yaml.safe_load(path.read_text()))
+def load_schema(schema_path: str | Path) -> dict:
+    """The schema at ``schema_path`` with every ``$ref`` to a file beside it (and a JSON pointer
+    into it) replaced by what it points to, merged with the keys written next to the ref."""
+    schema_path = Path(schema_path)
+    files: dict[Path, dict] = {}
 
-    return referencing.Registry(retrieve=retrieve)
+    def read(path: Path) -> dict:
+        if path not in files:
+            files[path] = yaml.safe_load(path.read_text())
+        return files[path]
+
+    def inline(node, current: Path):
+        if isinstance(node, list):
+            return [inline(item, current) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            name, _, pointer = node["$ref"].partition("#")
+            target_file = schema_path.parent / name if name else current
+            target = read(target_file)
+            for part in filter(None, pointer.split("/")):
+                target = target[part]
+            siblings = {k: v for k, v in node.items() if k != "$ref"}
+            return inline({**copy.deepcopy(target), **siblings}, target_file)
+        return {key: inline(value, current) for key, value in node.items()}
+
+    return inline(read(schema_path), schema_path)
 
 
 def _with_defaults(validator_class):
@@ -41,16 +63,15 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def validate_config(config: dict, schema_path: str | Path, source: str = "config") -> dict:
+def validate_config(config: dict, schema: str | Path | dict, source: str = "config") -> dict:
     """Return a copy of ``config`` with defaults filled in, or raise naming the bad key.
 
+    ``schema`` is a path (loaded with :func:`load_schema`) or an already loaded schema.
     ``source`` names where the values came from (a file, or ``experiment calr``) in the message.
     """
-    schema_path = Path(schema_path)
-    schema = yaml.safe_load(schema_path.read_text())
-    validator = _with_defaults(jsonschema.Draft202012Validator)(
-        schema, registry=_registry(schema_path.parent)
-    )
+    if not isinstance(schema, dict):
+        schema = load_schema(schema)
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     filled = copy.deepcopy(config) if config is not None else {}
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
     if errors:
@@ -74,3 +95,26 @@ def deep_merge(base: dict, override: dict) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def command_line(values: dict, section: dict, only: tuple[str, ...] | None = None) -> str:
+    """The options that pass a config section's ``values`` to a stage, quoted for the shell.
+
+    ``section`` is the section's schema (a generated settings schema: each property names its
+    ``flag``); ``only`` restricts the keys passed. A boolean becomes ``--flag`` or
+    ``--no-flag``, None is left out (the stage's default), floats keep their full precision.
+    """
+    properties = section["properties"]
+    unknown = sorted(set(values) - set(properties))
+    if unknown:
+        raise KeyError(f"no setting(s) {', '.join(unknown)} in this section")
+    words = []
+    for name, value in values.items():
+        if (only is not None and name not in only) or value is None:
+            continue
+        flag = properties[name]["flag"]
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag.removeprefix("--"))
+        else:
+            words += [flag, shlex.quote(repr(value) if isinstance(value, float) else str(value))]
+    return " ".join(words)

@@ -99,8 +99,9 @@ def init_model(out, *options: str) -> dict:
 def calibrated(index, out, images=32, batch_size=16) -> dict:
     return init_model(
         out,
-        *("--calibrate-index", str(index), "--calibration-images", str(images)),
-        *("--batch-size", str(batch_size), "--height", str(HEIGHT), "--width", str(WIDTH)),
+        *("--calibrate-bn", "--calibrate-index", str(index)),
+        *("--calibration-images", str(images), "--calibration-batch-size", str(batch_size)),
+        *("--height", str(HEIGHT), "--width", str(WIDTH)),
         *("--device", "cpu"),
     )
 
@@ -150,7 +151,7 @@ def test_calibration_bad_input_is_named(demo_index, tmp_path):
     out = tmp_path / "bad.pt"
     with pytest.raises(PipelineError, match="--calibration-images must be 0"):
         calibrated(demo_index, out, images=-1)
-    with pytest.raises(PipelineError, match="batch size must be 2 or more"):
+    with pytest.raises(PipelineError, match="--calibration-batch-size must be 2 or more"):
         calibrated(demo_index, out, batch_size=1)
     index = read_table(demo_index)
     no_train = tmp_path / "no-train.csv"

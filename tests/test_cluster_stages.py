@@ -258,7 +258,7 @@ def test_weight_floor_lifts_single_camera_clusters(workdir, tmp_path):
     expected = np.where(labelled, np.maximum(plain["weight"], 0.25), 0.0)
     np.testing.assert_allclose(floored["weight"], expected)
     assert (plain.loc[labelled, "weight"] < 0.25).any(), "no weight below the floor: no test"
-    with pytest.raises(PipelineError, match=r"--weight-floor must be in \[0, 1\], got 1.5"):
+    with pytest.raises(PipelineError, match=r"--weight-floor must lie in \[0, 1\], got 1.5"):
         call_refine(workdir, tmp_path / "c", weight_floor=1.5)
 
 
@@ -306,18 +306,19 @@ def test_messages_of_intra_errors(tmp_path, capsys):
     features, camids, pids = planted_features(40, dim=16, n_cams=2, seed=0)
     camids[:6] = 2
     camids[6:] = 1
-    features[12] *= 2
     save_features(tmp_path / "f.h5", features, camids, pids)
-    for camera, message in [
-        (2, r"camera 2: 6 image\(s\), fewer than 2 x ratio = 10"),
-        (5, r"no image of camera 5 \(--camera\); cameras present: 1, 2"),
-        (1, r"\(camera 1\): 1 feature row\(s\) are not L2-normalised.*first rows 6"),
+    features[12] *= 2
+    save_features(tmp_path / "unnormalised.h5", features, camids, pids)
+    for name, camera, message in [
+        ("f.h5", 2, r"camera 2: 6 image\(s\), fewer than 2 x ratio = 10"),
+        ("f.h5", 5, r"no image of camera 5 \(--camera\); cameras present: 1, 2"),
+        ("unnormalised.h5", 1, r"1 feature row\(s\) are not L2-normalised.*first rows 12"),
     ]:
         with pytest.raises(SystemExit):
             run(
                 "cluster-intra",
                 "--features",
-                tmp_path / "f.h5",
+                tmp_path / name,
                 "--camera",
                 camera,
                 "--out",

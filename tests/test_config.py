@@ -23,6 +23,7 @@ def test_empty_config_gets_every_default_including_referenced_schemas():
         "schedule": "cosine",
         "p0": 1.0,
         "pivot_k": 15,
+        "weight_floor": 0.0,
     }
 
 

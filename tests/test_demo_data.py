@@ -69,8 +69,8 @@ def test_plan_names_follow_market1501():
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (DemoConfig(identities=1), r"--identities must be at least 2, got 1"),
-        (DemoConfig(cameras=1, height=20), r"--cameras must be at least 2.*--height must be"),
+        (DemoConfig(identities=1), r"--identities must be 2 or more, got 1"),
+        (DemoConfig(cameras=1, height=20), r"--cameras must be 2 or more.*--height must be"),
         (DemoConfig(cameras=10), r"at most 9999 identities and 9 cameras"),
     ],
 )

@@ -14,6 +14,7 @@ global Infomap clusters they come from. The stages run in this process
 """
 
 import json
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -21,63 +22,59 @@ import pytest
 import yaml
 
 from pipeline.cli import main as pipeline
-from pipeline.config import deep_merge
+from pipeline.config import command_line, deep_merge, load_schema, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def options(values: dict, *path: str, only=None) -> list[str]:
+    """The options the workflow passes for the config section at ``path`` (as its rules do)."""
+    section = SCHEMA
+    for key in path:
+        section = section["properties"][key]
+    return shlex.split(command_line(values, section, only))
 
 
 @pytest.fixture(scope="module")
 def demo_round1(tmp_path_factory):
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    dataset, model, size = config["dataset"], config["model"], config["input"]
-    intra = config["intra"]
+    config = validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()), SCHEMA)
+    seed = config["seed"]
+    # the rounds decode images in the test process itself (the workflow's jobs use 1 worker)
+    cpu = ["--device", "cpu"]
+    input_size = options(config["input"], "input")
     out = tmp_path_factory.mktemp("demo_fig4")
     data, index, init = out / "demo-data", out / "index.csv", out / "model_init.pt"
+    pipeline(["demo-data", "--out", str(data), *options(config["demo"], "demo")])
+    pipeline(["index", "--dataset", "demo", "--root", str(data), "--out", str(index)])
     pipeline(
-        ["demo-data", "--out", str(data), "--seed", str(dataset["demo_seed"])]
-        + ["--identities", str(dataset["demo_identities"])]
-        + ["--cameras", str(dataset["demo_cameras"])]
-    )
-    pipeline(["index", "--dataset", "market1501", "--root", str(data), "--out", str(index)])
-    input_size = ["--height", str(size["height"]), "--width", str(size["width"])]
-    pipeline(
-        ["init-model", "--arch", model["arch"], "--pooling", model["pooling"]]
-        + ["--pretrained", model["pretrained"], "--seed", str(model["seed"]), "--out", str(init)]
+        ["init-model", *options(config["model"], "model"), "--seed", str(seed), "--out", str(init)]
         + (
-            ["--calibrate-index", str(index), "--device", "cpu"]
-            + ["--calibration-images", str(model["calibration_images"])]
-            + ["--batch-size", str(config["extract"]["batch_size"])]
-            + input_size
-            if model["calibrate_bn"]
+            ["--calibrate-index", str(index), *input_size, *cpu]
+            if config["model"]["calibrate_bn"]
             else []
         )
     )
     features = out / "model_init.train.h5"
     pipeline(
         ["extract", "--index", str(index), "--checkpoint", str(init), "--split", "train"]
-        + input_size
-        + ["--device", "cpu", "--workers", "0", "--out", str(features)]
+        + [*input_size, *cpu, "--workers", "0", "--out", str(features)]
     )
-    train = intra["train"]
+    intra = config["intra"]
+    clustering = options(intra["clustering"], "intra", "clustering")
     local_tables = []
     cameras = sorted(pd.read_csv(index).query("split == 'train'")["camid"].unique())
     for cam in map(str, cameras):
         initial, local = out / f"cam{cam}.initial.csv", out / f"cam{cam}.local.csv"
         pipeline(
-            ["cluster-intra", "--features", str(features), "--camera", cam]
-            + ["--ratio", str(intra["ratio"]), "--distance", intra["distance"]]
+            ["cluster-intra", "--features", str(features), "--camera", cam, *clustering]
             + ["--out", str(initial)]
         )
         pipeline(
             ["train-intra", "--index", str(index), "--camera", cam, "--init", str(init)]
-            + ["--initial-labels", str(initial), "--epochs", str(intra["epochs"])]
-            + ["--ratio", str(intra["ratio"]), "--distance", intra["distance"]]
-            + ["--batch-size", str(train["batch_size"]), "--instances", str(train["instances"])]
-            + ["--iters", str(train["iters"]), "--lr", str(train["lr"])]
-            + ["--weight-decay", str(train["weight_decay"]), "--step-size", str(train["step_size"])]
-            + ["--momentum", str(train["momentum"]), "--temperature", str(train["temperature"])]
-            + input_size
-            + ["--device", "cpu", "--workers", "0", "--seed", str(model["seed"])]
+            + ["--initial-labels", str(initial), "--epochs", str(intra["epochs"]), *clustering]
+            + options({**intra["train"], "workers": 0}, "intra", "train")
+            + [*input_size, *cpu, "--seed", str(seed)]
             + ["--out-checkpoint", str(out / f"cam{cam}.pt"), "--out-labels", str(local)]
             + ["--log", str(out / f"cam{cam}.log.csv")]
         )
@@ -88,52 +85,42 @@ def demo_round1(tmp_path_factory):
 
     def cluster_and_refine(r: int, features: Path) -> Path:
         clusters, neighbours = out / f"round{r}.clusters.csv", out / f"round{r}.neighbours.npz"
+        name = inter["clusterer"]["name"]
         pipeline(
-            ["cluster-global", "--features", str(features), "--method", inter["clusterer"]]
-            + ["--knn", inter["knn"], "--k", str(inter["k"]), "--min-sim", str(inter["min_sim"])]
-            + ["--min-size", str(inter["min_size"])]
-            + ["--tune-iterations", str(inter["tune_iterations"])]
-            + ["--seed", str(model["seed"]), "--out", str(clusters)]
+            ["cluster-global", "--features", str(features), "--method", name]
+            + options(inter["clusterer"][name], "inter", "clusterer", name)
+            + ["--knn", inter["knn"], "--seed", str(seed), "--out", str(clusters)]
             + ["--summary", str(out / f"round{r}.clusters.json")]
             + ["--out-neighbours", str(neighbours)]
         )
-        refine = inter["refine"]
         pipeline(
             ["refine", "--clusters", str(clusters), "--features", str(features)]
             + ["--neighbours", str(neighbours), "--local-labels", *local_tables]
-            + ["--mode", refine["mode"], "--schedule", refine["schedule"]]
-            + ["--p0", str(refine["p0"]), "--pivot-k", str(refine["pivot_k"])]
-            + ["--weight-floor", str(inter["weight_floor"])]
+            + options(inter["refine"], "inter", "refine")
+            + ["--knn", inter["knn"], "--seed", str(seed + r)]
             + ["--epoch", str(r * per_round), "--total-epochs", str(inter["epochs"])]
-            + ["--seed", str(model["seed"] + r), "--out", str(out / f"round{r}.refined.csv")]
+            + ["--out", str(out / f"round{r}.refined.csv")]
             + ["--summary", str(out / f"round{r}.refine.json")]
         )
         return out / f"round{r}.refine.json"
 
     cluster_and_refine(0, features)
-    stage2 = inter["train"]
     round0 = out / "round0.pt"
     pipeline(
         ["train-inter", "--index", str(index), "--labels", str(out / "round0.refined.csv")]
         + ["--refine-summary", str(out / "round0.refine.json"), "--init", str(init)]
-        + ["--epochs", str(per_round), "--total-epochs", str(inter["epochs"])]
-        + ["--beta", str(inter["beta"]), "--grl-lambda", str(inter["grl_lambda"])]
-        + ["--camera-loss" if inter["camera_loss"] else "--no-camera-loss"]
-        + ["--cluster-weights" if inter["cluster_weights"] else "--no-cluster-weights"]
-        + ["--batch-size", str(stage2["batch_size"]), "--instances", str(stage2["instances"])]
-        + ["--iters", str(stage2["iters"]), "--lr", str(stage2["lr"])]
-        + ["--weight-decay", str(stage2["weight_decay"])]
-        + ["--step-size", str(stage2["step_size"]), "--momentum", str(stage2["momentum"])]
-        + ["--temperature", str(stage2["temperature"])]
-        + input_size
-        + ["--device", "cpu", "--workers", "0", "--seed", str(model["seed"])]
+        + ["--experiment", "calr", "--epochs", str(per_round)]
+        + ["--total-epochs", str(inter["epochs"])]
+        + [word for name, values in inter["losses"].items()
+           for word in options(values, "inter", "losses", name)]
+        + options({**inter["train"], "workers": 0}, "inter", "train")
+        + [*input_size, *cpu, "--seed", str(seed)]
         + ["--out-checkpoint", str(round0), "--log", str(out / "round0.log.csv")]
-    )
+    )  # fmt: skip
     round1_features = out / "round0.train.h5"
     pipeline(
         ["extract", "--index", str(index), "--checkpoint", str(round0), "--split", "train"]
-        + input_size
-        + ["--device", "cpu", "--workers", "0", "--out", str(round1_features)]
+        + [*input_size, *cpu, "--workers", "0", "--out", str(round1_features)]
     )
     summary = cluster_and_refine(1, round1_features)
     return json.loads(summary.read_text())

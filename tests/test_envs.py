@@ -67,3 +67,23 @@ def test_every_rule_uses_the_env_file():
         text = rules.read_text()
         n_rules = text.count("\nrule ") + text.count("\ncheckpoint ")
         assert n_rules == text.count("conda:\n        ENV"), f"{rules.name}: rule without conda"
+
+
+# conda package -> the pip distribution of constraints.txt it stands for
+PIP_OF_CONDA = {"pytorch": "torch", "faiss-gpu": "faiss-cpu", "matplotlib-base": "matplotlib"}
+
+
+def test_env_file_pins_the_versions_ci_tests():
+    constraints = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        constraints[name.strip().lower()] = version.strip()
+    env = env_packages(yaml.safe_load((ROOT / "envs" / "pipeline.yaml").read_text()))
+    compared = {
+        name: (version.split("=")[0], constraints[PIP_OF_CONDA.get(name, name)])
+        for name, version in env.items()
+        if PIP_OF_CONDA.get(name, name) in constraints
+    }
+    assert {"pytorch", "torchvision", "faiss-gpu", "infomap", "pandas"} <= set(compared)
+    differ = {name: pair for name, pair in compared.items() if pair[0] != pair[1]}
+    assert not differ, f"envs/pipeline.yaml and constraints.txt disagree: {differ}"

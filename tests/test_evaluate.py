@@ -333,7 +333,7 @@ def test_stage_rejects_nan_features(dataset, tmp_path):
     features = unit_rows(np.random.default_rng(2), 6, 16)
     features[4, 3] = np.nan
     bad = write_split(tmp_path / "nan.h5", features, part, "query")
-    with pytest.raises(PipelineError, match=r"nan\.h5: 1 feature row\(s\) hold NaN .* row 4"):
+    with pytest.raises(PipelineError, match=r"nan\.h5: 1 feature row\(s\) contain NaN .* rows 4"):
         run_stage(
             "--index", index_path, "--query-features", bad,
             "--gallery-features", paths["gallery"], "--out", tmp_path / "m.csv",
@@ -376,8 +376,8 @@ def test_stage_fails_when_no_query_has_a_valid_match(dataset, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--max-rank", "5"), "--max-rank 5 is too small"),
-        (("--k1", "0"), "--k1 and --k2 must be at least 1"),
+        (("--max-rank", "5"), "--max-rank must be 10 or more, got 5"),
+        (("--k1", "0"), "--k1 must be 1 or more, got 0"),
         (("--lambda", "1.5"), r"--lambda must lie in \[0, 1\], got 1.5"),
     ],
 )

@@ -557,7 +557,7 @@ def test_report_input_errors(report_inputs, tmp_path):
         report.run(report_args(report_inputs, out, experiment="other"))
     with pytest.raises(PipelineError, match=r"hold different images"):
         report.run(report_args(report_inputs, out, features_after=report_inputs["query"]))
-    with pytest.raises(PipelineError, match=r"--tsne-points must be at least 10, got 3"):
+    with pytest.raises(PipelineError, match=r"--tsne-points must be 10 or more, got 3"):
         report.run(report_args(report_inputs, out, tsne_points=3))
     with pytest.raises(PipelineError, match=r"--retrieval-queries must be 1 or more, got 0"):
         report.run(report_args(report_inputs, out, retrieval_queries=0))

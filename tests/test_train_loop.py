@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.train.loop import EpochTargets, build_optimizer, train_epoch
-from pipeline.train.losses import CameraClassifier
+from pipeline.train.loop import build_optimizer, train_epoch
+from pipeline.train.losses import CameraAdversarialLoss, ClusterContrastLoss, EpochTargets
 from pipeline.train.memory import ClusterMemory
 
 
@@ -29,32 +29,35 @@ def batches(n_batches: int = 3) -> list:
     return [(images[i * 4 : (i + 1) * 4], torch.arange(i * 4, i * 4 + 4)) for i in range(n_batches)]
 
 
-def setup(scale: float = 1.0):
+def setup(scale: float = 1.0, beta: float = 1.0):
     torch.manual_seed(0)
     model = TinyEncoder(scale)
     labels = torch.tensor([0, 0, 1, 1] * 3)
-    memory = ClusterMemory(F.normalize(torch.randn(2, 8), dim=1), momentum=0.2, temperature=0.1)
-    classifier = CameraClassifier(8, 2)
-    optimizer = build_optimizer(
-        list(model.parameters()) + list(classifier.parameters()), lr=0.01, weight_decay=0.0
+    contrastive = ClusterContrastLoss(momentum=0.2, temperature=0.1, weighted=False)
+    camera = CameraAdversarialLoss(8, (0, 1), beta=beta, grl_lambda=1.0)
+    targets = EpochTargets(labels=labels, cameras=torch.tensor([0, 1] * 6))
+    camera.start_epoch(torch.zeros(12, 8), targets)
+    contrastive.memory = ClusterMemory(
+        F.normalize(torch.randn(2, 8), dim=1), momentum=0.2, temperature=0.1
     )
-    targets = EpochTargets(labels=labels, weights=None, cameras=torch.tensor([0, 1] * 6))
-    return model, memory, classifier, optimizer, targets
+    optimizer = build_optimizer(
+        list(model.parameters()) + list(camera.parameters()), lr=0.01, weight_decay=0.0
+    )
+    losses = {"contrastive": contrastive, "camera": camera}
+    return model, contrastive.memory, losses, optimizer, targets
 
 
 def test_epoch_trains_both_losses_and_updates_the_memory():
-    model, memory, classifier, optimizer, targets = setup()
+    model, memory, terms, optimizer, targets = setup(beta=0.5)
     before = model.linear.weight.detach().clone()
     memory_before = memory.features.clone()
     losses = train_epoch(
         model,
-        memory,
+        terms,
         batches(),
         optimizer,
         targets,
         device=torch.device("cpu"),
-        classifier=classifier,
-        beta=0.5,
         progress=False,
     )
     assert losses["loss_total"] == pytest.approx(
@@ -67,17 +70,16 @@ def test_epoch_trains_both_losses_and_updates_the_memory():
 
 
 def test_non_finite_loss_stops_with_epoch_and_iteration_before_any_step():
-    model, memory, classifier, optimizer, targets = setup(scale=float("nan"))
+    model, memory, terms, optimizer, targets = setup(scale=float("nan"))
     before = model.linear.weight.detach().clone()
     with pytest.raises(PipelineError, match=r"epoch 3, iteration 1: loss is not finite"):
         train_epoch(
             model,
-            memory,
+            terms,
             batches(),
             optimizer,
             targets,
             device=torch.device("cpu"),
-            classifier=classifier,
             epoch=2,
             progress=False,
         )

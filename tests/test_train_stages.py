@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pipeline.cli import build_parser
+from pipeline.cluster.agglomerative import LocalClustering, camera_local_labels
 from pipeline.cluster.quality import cluster_quality
 from pipeline.cluster.weights import sample_weights
 from pipeline.data.datasets import read_dataset
@@ -21,13 +22,13 @@ from pipeline.errors import PipelineError
 from pipeline.io import read_table, write_table
 from pipeline.models import build_model
 from pipeline.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.runtime import set_determinism
 from pipeline.stages.demo_data import write_demo_dataset
 from pipeline.train import runner
 from pipeline.train.inter import summary_fields, training_cameras
-from pipeline.train.intra import LocalClustering, local_labels
+from pipeline.train.losses import camera_positions
 from pipeline.train.options import TrainOptions
 from pipeline.train.runner import extract
-from pipeline.train.state import set_determinism
 
 
 class Killed(Exception):
@@ -154,7 +155,7 @@ def test_killed_job_resumes_and_ends_bitwise_identical(inputs, tmp_path, monkeyp
     expected = load_checkpoint(straight / "model.pt")
     resumed = load_checkpoint(killed / "model.pt")
     assert resumed["epoch"] == expected["epoch"] == 2
-    for key in ("model", "optimizer", "scheduler", "camera_classifier", "rng", "camera_ids"):
+    for key in ("model", "optimizer", "scheduler", "losses", "rng"):
         assert_same(resumed[key], expected[key], key)
     log = read_table(killed / "log.csv")
     assert log["epoch"].tolist() == [1, 2]
@@ -188,8 +189,11 @@ def test_rounds_carry_on_optimizer_scheduler_classifier_and_epoch(inputs, tmp_pa
     assert state["epoch"] == 2
     assert state["scheduler"]["last_epoch"] == 2
     assert all(s["step"].item() == 2 for s in state["optimizer"]["state"].values())
-    assert state["camera_ids"] == sorted(index.loc[index["split"] == "train", "camid"].unique())
-    assert state["camera_classifier"] is not None
+    camera = state["losses"]["camera"]
+    assert camera["_extra_state"]["camera_ids"] == sorted(
+        index.loc[index["split"] == "train", "camid"].unique()
+    )
+    assert any(key.startswith("classifier.") for key in camera)
     assert [row["epoch"] for row in state["history"]] == [1, 2]
     assert read_table(second / "log.csv")["epoch"].tolist() == [1, 2]
     with pytest.raises(PipelineError, match="would pass --total-epochs 2"):
@@ -202,11 +206,15 @@ def test_baseline_is_a_configuration_without_classifier_or_weights(inputs, tmp_p
     baseline = dict(labels=tmp_path / "unweighted.csv", camera_loss=False, cluster_weights=False)
     train_inter(inputs, tmp_path, epochs=1, iters=1, **baseline)
     state = load_checkpoint(tmp_path / "model.pt")
-    assert state["camera_classifier"] is None and state["camera_ids"] is None
+    assert list(state["losses"]) == ["contrastive"]
     log = read_table(tmp_path / "log.csv")
-    assert log["loss_camera"].tolist() == [0.0]
+    assert "loss_camera" not in log, "the baseline has no camera loss term"
     assert log["loss_total"].tolist() == log["loss_contrastive"].tolist()
-    with pytest.raises(PipelineError, match="trained without the camera classifier"):
+    with pytest.raises(
+        PipelineError,
+        match=r"trained with the loss terms \['contrastive'\] but this job trains "
+        r"\['contrastive', 'camera'\]",
+    ):
         train_inter(inputs, tmp_path / "next", epochs=1, init=tmp_path / "model.pt")
 
 
@@ -303,6 +311,7 @@ def two_camera_demo(tmp_path_factory):
         "init-model",
         arch="resnet18",
         pretrained="none",
+        calibrate_bn=True,
         calibrate_index=folder / "index.csv",
         height=64,
         width=32,
@@ -319,10 +328,11 @@ def test_stage1_local_labels_are_more_precise_than_the_untrained_clustering(
     index = read_table(two_camera_demo / "index.csv")
     camera = 1
     rows = index[(index["split"] == "train") & (index["camid"] == camera)]
-    clustering = LocalClustering(camera, ratio=3)
+    clustering = LocalClustering(ratio=3, distance="cosine")
     untrained = model_from_checkpoint(load_checkpoint(two_camera_demo / "init.pt"))
     options = TrainOptions(epochs=8, height=64, width=32, workers=0, progress=False)
-    untrained_labels = local_labels(extract(untrained, rows["path"].tolist(), options), clustering)
+    features = extract(untrained, rows["path"].tolist(), options)
+    untrained_labels = camera_local_labels(features, clustering, camera)
     untrained_precision = cluster_quality(untrained_labels, rows["pid"]).precision
 
     train_intra(
@@ -331,6 +341,7 @@ def test_stage1_local_labels_are_more_precise_than_the_untrained_clustering(
         index=two_camera_demo / "index.csv",
         camera=camera,
         ratio=3,
+        distance="cosine",
         epochs=8,
         height=64,
         width=32,
@@ -352,9 +363,9 @@ def test_stage1_local_labels_are_more_precise_than_the_untrained_clustering(
 
 
 def test_camera_index_is_the_classifier_position_of_each_camid():
-    assert runner._camera_index(np.array([6, 2, 2]), (2, 6)).tolist() == [1, 0, 0]
+    assert camera_positions(np.array([6, 2, 2]), (2, 6)).tolist() == [1, 0, 0]
     with pytest.raises(PipelineError, match=r"camera\(s\) \[3\] are not among"):
-        runner._camera_index(np.array([2, 3]), (2, 6))
+        camera_positions(np.array([2, 3]), (2, 6))
 
 
 def test_initial_labels_must_be_the_cameras_training_images(inputs, tmp_path):

@@ -44,9 +44,12 @@ def test_job_seed_depends_on_seed_and_first_epoch_and_hash_on_every_argument():
 
 
 def test_options_name_every_bad_value():
-    with pytest.raises(PipelineError, match="--batch-size must be at least --instances.*--lr"):
+    with pytest.raises(
+        PipelineError,
+        match="--lr must be greater than 0.*--batch-size must be at least --instances",
+    ):
         TrainOptions(epochs=1, batch_size=2, instances=4, lr=0).check()
-    with pytest.raises(PipelineError, match="--momentum must be in"):
+    with pytest.raises(PipelineError, match="--momentum must be less than 1"):
         TrainOptions(epochs=1, momentum=1.0).check()
 
 

@@ -41,19 +41,61 @@ component has more than ``k`` images, so this needs ``ratio > k + 1``.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from pipeline.cluster.jaccard import jaccard_dense, jaccard_graph
-from pipeline.cluster.knn import knn
+from pipeline.cluster.knn import METHODS, knn
 from pipeline.cluster.labels import renumber
 from pipeline.errors import PipelineError
+from pipeline.settings import setting
 
 log = logging.getLogger(__name__)
 
 DISTANCES = ("cosine", "jaccard")
+
+
+@dataclass(frozen=True)
+class LocalClustering:
+    """How each camera's images are clustered into local labels (paper Sec. III-B)."""
+
+    ratio: int = setting(
+        5, "local clusters per camera = the camera's training images // ratio (paper: 5)", minimum=1
+    )
+    distance: str = setting(
+        "jaccard",
+        "average-linkage distance: cosine, or the k-reciprocal Jaccard distance (k1, k2) of the "
+        "released code",
+        choices=DISTANCES,
+    )
+    k: int = setting(20, "neighbours per image of the sparse cosine graph", minimum=1)
+    k1: int = setting(15, "k-reciprocal Jaccard distance: k1", minimum=2)
+    k2: int = setting(4, "k-reciprocal Jaccard distance: query expansion k2", minimum=1)
+    sparse_threshold: int = setting(
+        5000,
+        "cameras with more images than this are clustered on a kNN graph instead of the full "
+        "distance matrix (the same clustering, see pipeline/cluster/agglomerative.py)",
+        minimum=1,
+    )
+    knn: str = setting("exact", "neighbour search of the sparse formulation", choices=METHODS)
+
+
+def camera_local_labels(features: np.ndarray, options: LocalClustering, camera: int) -> np.ndarray:
+    """Local labels 0..K-1 of one camera's L2-normalised embeddings, K = images // ratio; a
+    camera too small for two clusters is an error naming it."""
+    return intra_camera_clusters(
+        features,
+        n_local_clusters(len(features), options.ratio, camera),
+        options.distance,
+        k=options.k,
+        k1=options.k1,
+        k2=options.k2,
+        sparse_threshold=options.sparse_threshold,
+        knn_method=options.knn,
+    )
 
 
 def n_local_clusters(n_images: int, ratio: int, camera: int) -> int:

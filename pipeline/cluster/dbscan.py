@@ -9,10 +9,28 @@ memory linear in N. Noise points are outliers (-1); labels are renumbered 0..K-1
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from pipeline.cluster.jaccard import jaccard_graph
 from pipeline.cluster.labels import renumber
+from pipeline.settings import setting
+
+
+@dataclass(frozen=True)
+class DbscanOptions:
+    """DBSCAN on the k-reciprocal Jaccard distance, ClusterContrast's global clustering."""
+
+    eps: float = setting(
+        0.6,
+        "neighbourhood radius (the sparse graph needs eps < 1)",
+        exclusive_minimum=0,
+        exclusive_maximum=1,
+    )
+    min_samples: int = setting(4, "neighbours that make a core point", minimum=1)
+    k1: int = setting(30, "k-reciprocal Jaccard distance: k1", minimum=2)
+    k2: int = setting(6, "k-reciprocal Jaccard distance: query expansion k2", minimum=1)
 
 
 def dbscan_clusters(

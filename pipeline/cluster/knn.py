@@ -36,47 +36,28 @@ bound the memory.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.cluster.labels import first_rows
-from pipeline.errors import PipelineError
+from pipeline.settings import setting
 
 METHODS = ("exact", "ivf", "hnsw")
-NORM_TOLERANCE = 1e-2  # float16 storage alone moves a unit norm by about 1e-3
 PCA_DIM = 256  # ivf searches features projected to this many principal components
 RERANK_FACTOR = 2  # approximate methods fetch this many times k + 1 candidates before re-ranking
 RERANK_BLOCK_BYTES = 256 * 2**20  # working memory of one block of gathered candidate vectors
 
 
-def check_normalised(features: np.ndarray, source: str, chunk_size: int = 65536) -> None:
-    """Fail unless every row of ``features`` is finite and has unit L2 norm.
+@dataclass(frozen=True)
+class NeighbourSearch:
+    """How the global stage searches neighbours (global clustering and pivot scores)."""
 
-    ``source`` names the input in the message (a file, a camera). The check runs ``chunk_size``
-    rows at a time so that it never holds an N x D boolean mask.
-    """
-    if features.ndim != 2:
-        raise PipelineError(f"{source}: features must be a 2-d array, got shape {features.shape}")
-    non_finite, off_norm = [], []
-    for start in range(0, len(features), chunk_size):
-        block = np.asarray(features[start : start + chunk_size], dtype=np.float32)
-        finite = np.isfinite(block).all(axis=1)
-        norms = np.linalg.norm(np.where(finite[:, None], block, 0.0), axis=1)
-        non_finite.append(start + np.flatnonzero(~finite))
-        off_norm.append(start + np.flatnonzero(finite & (np.abs(norms - 1.0) > NORM_TOLERANCE)))
-    bad = np.concatenate(non_finite) if non_finite else np.empty(0, dtype=np.int64)
-    if len(bad):
-        raise PipelineError(
-            f"{source}: {len(bad)} feature row(s) contain NaN or infinity, first rows "
-            f"{first_rows(bad)}; re-extract the features (the model may have diverged)"
-        )
-    bad = np.concatenate(off_norm) if off_norm else np.empty(0, dtype=np.int64)
-    if len(bad):
-        raise PipelineError(
-            f"{source}: {len(bad)} feature row(s) are not L2-normalised (norm off 1 by more than "
-            f"{NORM_TOLERANCE}), first rows {first_rows(bad)}; features must be written by "
-            "`pipeline extract`, which normalises them"
-        )
+    knn: str = setting(
+        "exact",
+        "nearest-neighbour search: exact (on the GPU when faiss-gpu sees one), or the CPU "
+        "approximations ivf and hnsw for hundreds of thousands of images",
+        choices=METHODS,
+    )
 
 
 def knn(
@@ -93,7 +74,8 @@ def knn(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest other rows of every row, by cosine similarity.
 
-    ``features`` must be L2-normalised (see :func:`check_normalised`). Returns
+    ``features`` must be L2-normalised (:func:`pipeline.features.store.read_features` checks
+    that). Returns
     ``(similarities, indices)``, float32 and int64 arrays of shape ``(N, k)``, each row sorted
     by decreasing similarity, self excluded, missing neighbours ``(-inf, -1)`` (module
     docstring). ``nlist`` (default ``4 sqrt(N)``, at most ``N / 39``) and ``nprobe`` (default

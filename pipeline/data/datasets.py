@@ -154,6 +154,7 @@ def _read_split_folders(root: Path, what: str, folders: dict[str, str]) -> pd.Da
 
 
 @register("market1501")
+@register("demo")  # the generated demo dataset (`pipeline demo-data`) is in this layout
 def read_market1501(root: Path) -> pd.DataFrame:
     """Market-1501: bounding_box_train/, query/, bounding_box_test/ (the gallery)."""
     return _read_split_folders(root, "Market-1501", MARKET_FOLDERS)

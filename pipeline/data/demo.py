@@ -28,6 +28,7 @@ from scipy.ndimage import gaussian_filter
 
 from pipeline.data.datasets import MARKET_FOLDERS
 from pipeline.errors import PipelineError
+from pipeline.settings import flag_violations, setting
 
 PATTERNS = ("plain", "stripes", "checks")
 TEXTURES = ("gradient", "stripes", "tiles", "speckle")
@@ -43,26 +44,17 @@ Colour = tuple[float, float, float]
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Size of the demo dataset; ``seed`` fixes every random choice."""
+    """The generated demo dataset (dataset name ``demo``): its size and the seed that draws it."""
 
-    seed: int = 0
-    identities: int = 120
-    cameras: int = 6
-    height: int = 128
-    width: int = 64
+    seed: int = setting(0, "fixes every random choice of the drawn dataset (part of the data)")
+    identities: int = setting(120, "number of people", minimum=2)
+    cameras: int = setting(6, "number of cameras", minimum=2)
+    height: int = setting(128, "crop height (px)", minimum=32)
+    width: int = setting(64, "crop width (px)", minimum=16)
 
     def check(self) -> None:
         """Fail on values that cannot make a dataset with cross-camera queries."""
-        problems = [
-            f"--{name} must be at least {least}, got {value}"
-            for name, value, least in (
-                ("identities", self.identities, 2),
-                ("cameras", self.cameras, 2),
-                ("height", self.height, 32),
-                ("width", self.width, 16),
-            )
-            if value < least
-        ]
+        problems = flag_violations(self)
         if self.identities > 9999 or self.cameras > 9:
             problems.append(
                 "Market-1501 file names hold at most 9999 identities and 9 cameras "

@@ -17,6 +17,7 @@ still at least the target size in both dimensions, then resized.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -26,13 +27,15 @@ from torchvision.transforms.v2 import functional as TF
 
 from pipeline.errors import PipelineError
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.settings import setting
 
 
-def check_input_size(height: int, width: int) -> None:
-    """Fail naming the options when the network input size (--height, --width) is not
-    positive."""
-    if height < 1 or width < 1:
-        raise PipelineError(f"input size must be positive, got --height {height} --width {width}")
+@dataclass(frozen=True)
+class InputSize:
+    """Network input size: 256x128 for persons and 224x224 for vehicles in the paper."""
+
+    height: int = setting(256, "input height (px)", minimum=16)
+    width: int = setting(128, "input width (px)", minimum=16)
 
 
 def load_rgb(path: str, min_size: tuple[int, int] | None = None) -> Image.Image:

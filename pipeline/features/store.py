@@ -27,11 +27,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline import __version__
+from pipeline.cluster.labels import first_rows
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_output
 
 SCHEMA_VERSION = 1
 ROW_DATASETS = ("index_row", "camid", "pid", "path")
+NORM_TOLERANCE = 1e-2  # float16 storage alone moves a unit norm by about 1e-3
 REQUIRED_ATTRS = ("model", "arch", "height", "width", "dtype", "flip", "split", "schema_version")
 
 
@@ -156,9 +158,42 @@ def read_features(path: str | os.PathLike, index: pd.DataFrame | None = None) ->
                 f"{path}: dataset {name} has {len(getattr(fs, name))} rows, features have {n}; "
                 "the file is corrupt, re-extract it"
             )
+    check_features(fs.features, path)
     if index is not None:
         check_alignment(fs, index, path)
     return fs
+
+
+def check_features(features: np.ndarray, source, chunk_size: int = 65536) -> None:
+    """Fail unless every row of ``features`` is finite and has unit L2 norm.
+
+    Every reader of a feature file runs it (:func:`read_features`): distances ``2 - 2 x.y`` and
+    cosine similarities mean what the stages assume only for unit vectors. ``source`` names the
+    input in the message. The check runs ``chunk_size`` rows at a time so that it never holds an
+    N x D boolean mask.
+    """
+    if features.ndim != 2:
+        raise PipelineError(f"{source}: features must be a 2-d array, got shape {features.shape}")
+    non_finite, off_norm = [], []
+    for start in range(0, len(features), chunk_size):
+        block = np.asarray(features[start : start + chunk_size], dtype=np.float32)
+        finite = np.isfinite(block).all(axis=1)
+        norms = np.linalg.norm(np.where(finite[:, None], block, 0.0), axis=1)
+        non_finite.append(start + np.flatnonzero(~finite))
+        off_norm.append(start + np.flatnonzero(finite & (np.abs(norms - 1.0) > NORM_TOLERANCE)))
+    bad = np.concatenate(non_finite) if non_finite else np.empty(0, dtype=np.int64)
+    if len(bad):
+        raise PipelineError(
+            f"{source}: {len(bad)} feature row(s) contain NaN or infinity, first rows "
+            f"{first_rows(bad)}; re-extract the features (the model may have diverged)"
+        )
+    bad = np.concatenate(off_norm) if off_norm else np.empty(0, dtype=np.int64)
+    if len(bad):
+        raise PipelineError(
+            f"{source}: {len(bad)} feature row(s) are not L2-normalised (norm off 1 by more than "
+            f"{NORM_TOLERANCE}), first rows {first_rows(bad)}; features must be written by "
+            "`pipeline extract`, which normalises them"
+        )
 
 
 def check_alignment(fs: FeatureSet, index: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -17,11 +17,9 @@ from matplotlib.ticker import MaxNLocator
 from pipeline.errors import PipelineError
 from pipeline.report.figures import new_figure, show_not_available
 
-LOSS_COLUMNS = {
-    "loss_contrastive": "inter-camera contrastive (Eq. 6)",
-    "loss_camera": "camera classifier (Eq. 8)",
-    "loss_total": "total (Eq. 9)",
-}
+# the training loop logs each loss term as loss_<name> (pipeline/train/losses.py) and their
+# weighted sum as loss_total
+LOSS_PREFIX = "loss_"
 # stage 2 logs carry the refinement summary under this prefix (pipeline.train.inter)
 REFINE_PREFIX = "refine_"
 CLUSTER_COLUMNS = {
@@ -85,6 +83,13 @@ def _plot_columns(
     ax.legend(fontsize="small")
 
 
+def loss_columns(epochs: pd.DataFrame) -> dict[str, str]:
+    """Every logged loss term by its name, the weighted total last."""
+    names = [c for c in epochs.columns if c.startswith(LOSS_PREFIX) and c != "loss_total"]
+    columns = {column: column.removeprefix(LOSS_PREFIX) for column in names}
+    return {**columns, "loss_total": "total (weighted sum, Eq. 9)"}
+
+
 def plot_curves(epochs: pd.DataFrame, metrics: pd.DataFrame | None, title: str) -> Figure:
     """Four panels over training epochs: losses; global clusters, outliers and pivots; discard
     ratio and discard probability p (Eq. 5); mAP and rank-1 of the evaluated models.
@@ -95,7 +100,7 @@ def plot_curves(epochs: pd.DataFrame, metrics: pd.DataFrame | None, title: str) 
     fig = new_figure(12, 8)
     fig.suptitle(title)
     ax_loss, ax_clusters, ax_refine, ax_map = fig.subplots(2, 2).ravel()
-    _plot_columns(ax_loss, epochs, LOSS_COLUMNS, "Losses", "loss")
+    _plot_columns(ax_loss, epochs, loss_columns(epochs), "Losses", "loss")
     _plot_columns(ax_clusters, epochs, CLUSTER_COLUMNS, "Clusters", "count")
     _plot_columns(ax_refine, epochs, REFINE_COLUMNS, "Label refinement", "fraction")
     if ax_refine.has_data():

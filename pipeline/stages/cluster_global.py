@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline import settings
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ KNOWN_PID_FRACTION = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.cluster.clusterers import CLUSTERERS
+    from pipeline.cluster.knn import NeighbourSearch
+    from pipeline.runtime import Seed
+
     parser.add_argument("--features", required=True, type=Path, help="HDF5 feature file")
     parser.add_argument("--out", required=True, type=Path, help="global clusters table")
     parser.add_argument("--summary", required=True, type=Path, help="JSON summary to write")
@@ -38,50 +43,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="also save the kNN lists (.npz) for `pipeline refine --neighbours`",
     )
-    parser.add_argument("--method", choices=("infomap", "dbscan"), default="infomap")
-    parser.add_argument("--k", type=int, default=15, help="Infomap: neighbours per image")
-    parser.add_argument("--min-sim", type=float, default=0.5, help="Infomap: weakest link kept")
-    parser.add_argument("--min-size", type=int, default=4, help="Infomap: smallest cluster kept")
     parser.add_argument(
-        "--tune-iterations",
-        type=int,
-        default=1,
-        help="Infomap: limit on its fine/coarse tuning rounds (0: Infomap's default, no limit)",
+        "--method",
+        default="infomap",
+        help=f"clustering method, one of: {', '.join(CLUSTERERS)} (default: infomap)",
     )
-    parser.add_argument("--k1", type=int, default=30, help="DBSCAN: k-reciprocal Jaccard k1")
-    parser.add_argument("--k2", type=int, default=6, help="DBSCAN: k-reciprocal Jaccard k2")
-    parser.add_argument("--eps", type=float, default=0.6, help="DBSCAN: neighbourhood radius")
-    parser.add_argument("--min-samples", type=int, default=4, help="DBSCAN: core point size")
-    parser.add_argument(
-        "--knn", choices=("exact", "ivf", "hnsw"), default="exact", help="neighbour search"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Infomap and index training seed")
+    for name, clusterer in CLUSTERERS.items():
+        settings.add_arguments(parser, clusterer.options, f"{name} (--method {name})")
+    settings.add_arguments(parser, NeighbourSearch, "neighbour search")
+    settings.add_arguments(parser, Seed, "seed (Infomap, index training)")
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.cluster.dbscan import dbscan_clusters
-    from pipeline.cluster.global_infomap import infomap_clusters
-    from pipeline.cluster.knn import check_normalised, knn
+    from dataclasses import asdict
+
+    from pipeline.cluster.clusterers import CLUSTERERS
+    from pipeline.cluster.knn import NeighbourSearch, knn
     from pipeline.features.store import read_features
     from pipeline.io import write_table
+    from pipeline.runtime import Seed
 
+    if args.method not in CLUSTERERS:
+        raise PipelineError(f"--method must be one of {', '.join(CLUSTERERS)}, got {args.method}")
+    clusterer = CLUSTERERS[args.method]
+    options = settings.from_args(clusterer.options, args)
+    search = settings.from_args(NeighbourSearch, args)
+    seed = settings.from_args(Seed, args).seed
     fs = read_features(args.features)
-    check_normalised(fs.features, str(args.features))
-    if args.method == "infomap":
-        sims, idx = knn(fs.features, args.k, args.knn, seed=args.seed)
-        clusters = infomap_clusters(
-            sims, idx, args.min_sim, args.min_size, args.seed, args.tune_iterations
-        )
-        params = {
-            "k": args.k,
-            "min_sim": args.min_sim,
-            "min_size": args.min_size,
-            "tune_iterations": args.tune_iterations,
-        }
-    else:
-        sims, idx = knn(fs.features, max(args.k1, args.k2) - 1, args.knn, seed=args.seed)
-        clusters = dbscan_clusters(fs.features, idx, args.k1, args.k2, args.eps, args.min_samples)
-        params = {"k1": args.k1, "k2": args.k2, "eps": args.eps, "min_samples": args.min_samples}
+    sims, idx = knn(fs.features, clusterer.neighbours(options), search.knn, seed=seed)
+    clusters = clusterer.cluster(fs.features, sims, idx, options, seed)
+    params = asdict(options)
     write_table(
         pd.DataFrame({"index_row": fs.index_row, "camid": fs.camid, "cluster": clusters}),
         args.out,
@@ -91,8 +82,8 @@ def run(args: argparse.Namespace) -> None:
     summary = {
         "method": args.method,
         **params,
-        "knn": args.knn,
-        "seed": args.seed,
+        "knn": search.knn,
+        "seed": seed,
         "n_images": len(fs),
         "n_clusters": int(clusters.max()) + 1 if len(clusters) else 0,
         "n_outliers": int((clusters < 0).sum()),

@@ -16,44 +16,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline import settings
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.cluster.agglomerative import LocalClustering
+
     parser.add_argument("--features", required=True, type=Path, help="HDF5 feature file")
     parser.add_argument("--camera", required=True, type=int, help="camid to cluster")
     parser.add_argument("--out", required=True, type=Path, help="local labels table to write")
-    parser.add_argument(
-        "--ratio", type=int, default=5, help="images per local cluster on average (paper: 5)"
-    )
-    parser.add_argument("--distance", choices=("cosine", "jaccard"), default="cosine")
-    parser.add_argument(
-        "--k", type=int, default=20, help="neighbours per image of the sparse cosine graph"
-    )
-    parser.add_argument("--k1", type=int, default=15, help="k-reciprocal Jaccard k1")
-    parser.add_argument("--k2", type=int, default=4, help="k-reciprocal Jaccard k2")
-    parser.add_argument(
-        "--sparse-threshold",
-        type=int,
-        default=5000,
-        help="cameras with more images use the sparse formulation",
-    )
-    parser.add_argument(
-        "--knn",
-        choices=("exact", "ivf", "hnsw"),
-        default="exact",
-        help="neighbour search of the sparse formulation",
-    )
+    settings.add_arguments(parser, LocalClustering, "local clustering")
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.cluster.agglomerative import intra_camera_clusters, n_local_clusters
-    from pipeline.cluster.knn import check_normalised
+    from pipeline.cluster.agglomerative import LocalClustering, camera_local_labels
     from pipeline.features.store import read_features
     from pipeline.io import write_table
 
+    options = settings.from_args(LocalClustering, args)
     fs = read_features(args.features)
     in_camera = fs.camid == args.camera
     if not in_camera.any():
@@ -63,18 +46,7 @@ def run(args: argparse.Namespace) -> None:
             f"{cameras or 'none'}"
         )
     fs = fs.subset(in_camera)
-    check_normalised(fs.features, f"{args.features} (camera {args.camera})")
-    n_clusters = n_local_clusters(len(fs), args.ratio, args.camera)
-    labels = intra_camera_clusters(
-        fs.features,
-        n_clusters,
-        args.distance,
-        k=args.k,
-        k1=args.k1,
-        k2=args.k2,
-        sparse_threshold=args.sparse_threshold,
-        knn_method=args.knn,
-    )
+    labels = camera_local_labels(fs.features, options, args.camera)
     table = pd.DataFrame({"index_row": fs.index_row, "camid": fs.camid, "local_label": labels})
     write_table(table, args.out)
     log.info(
@@ -82,6 +54,6 @@ def run(args: argparse.Namespace) -> None:
         args.camera,
         len(fs),
         int(labels.max()) + 1,
-        args.distance,
-        "dense" if len(fs) <= args.sparse_threshold else "sparse",
+        options.distance,
+        "dense" if len(fs) <= options.sparse_threshold else "sparse",
     )

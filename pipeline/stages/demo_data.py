@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import __version__
+from pipeline import __version__, settings
 from pipeline.data.datasets import MARKET_FOLDERS
 from pipeline.data.demo import DemoConfig, generate_demo, plan_demo
 from pipeline.errors import PipelineError
@@ -29,28 +29,15 @@ JPEG_QUALITY = 92
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = DemoConfig()
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to create")
-    parser.add_argument("--seed", required=True, type=int, help="fixes every random choice")
-    parser.add_argument(
-        "--identities", type=int, default=defaults.identities, help="number of people"
-    )
-    parser.add_argument("--cameras", type=int, default=defaults.cameras, help="number of cameras")
-    parser.add_argument("--height", type=int, default=defaults.height, help="crop height (px)")
-    parser.add_argument("--width", type=int, default=defaults.width, help="crop width (px)")
     parser.add_argument(
         "--force", action="store_true", help="replace --out if it exists and is not empty"
     )
+    settings.add_arguments(parser, DemoConfig, "demo dataset")
 
 
 def run(args: argparse.Namespace) -> None:
-    config = DemoConfig(
-        seed=args.seed,
-        identities=args.identities,
-        cameras=args.cameras,
-        height=args.height,
-        width=args.width,
-    )
+    config = settings.from_args(DemoConfig, args)
     count = write_demo_dataset(args.out, config, force=args.force)
     log.info("wrote %d synthetic images to %s (%s)", count, args.out, config)
 

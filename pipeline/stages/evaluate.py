@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from pipeline import settings
 from pipeline.errors import PipelineError
+from pipeline.settings import setting
 
 if TYPE_CHECKING:
     from pipeline.evaluate.metrics import RetrievalMetrics
@@ -28,6 +31,7 @@ METRICS_COLUMNS = (
     "experiment",
     "dataset",
     "epoch",
+    "seed",
     "mAP",
     "rank1",
     "rank5",
@@ -38,8 +42,27 @@ METRICS_COLUMNS = (
     "reranking",
 )
 REPORTED_RANKS = (1, 5, 10)
-# largest tolerated deviation of a feature's L2 norm from 1 (float16 storage rounds to ~1e-3)
-NORM_TOLERANCE = 1e-2
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """Retrieval on the query/gallery protocol (mAP, CMC, mINP)."""
+
+    rerank: bool = setting(
+        False, "k-reciprocal re-ranking of the query-gallery distances (Zhong et al. 2017)"
+    )
+    k1: int = setting(20, "re-ranking: k-reciprocal neighbours", minimum=1)
+    k2: int = setting(6, "re-ranking: query expansion neighbours", minimum=1)
+    lambda_value: float = setting(
+        0.3,
+        "re-ranking: weight of the original distance against the Jaccard distance",
+        minimum=0,
+        maximum=1,
+        flag="--lambda",
+    )
+    max_rank: int = setting(
+        10, "largest CMC rank computed and logged (the table reports rank-1, 5, 10)", minimum=10
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,30 +74,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gallery-features", required=True, type=Path, help="features of the gallery split (.h5)"
     )
     parser.add_argument("--out", required=True, type=Path, help="metrics table to write (.csv)")
-    parser.add_argument("--experiment", default="unnamed", help="experiment name for the table")
+    parser.add_argument(
+        "--experiment",
+        default=None,
+        help="experiment name for the table (default: the one the features' checkpoint records)",
+    )
     parser.add_argument("--dataset", default="unknown", help="dataset name for the table")
     parser.add_argument(
-        "--epoch", type=int, default=-1, help="epoch of the evaluated model (-1: not given)"
+        "--epoch",
+        type=int,
+        default=None,
+        help="epoch of the evaluated model (default: the one the features' checkpoint records)",
     )
-    parser.add_argument(
-        "--rerank",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="k-reciprocal re-ranking of the distances (default: off)",
-    )
-    parser.add_argument("--k1", type=int, default=20, help="re-ranking: k-reciprocal neighbours")
-    parser.add_argument("--k2", type=int, default=6, help="re-ranking: query expansion neighbours")
-    parser.add_argument(
-        "--lambda",
-        "--lambda-value",
-        dest="lambda_value",
-        type=float,
-        default=0.3,
-        help="re-ranking: weight of the original distance against the Jaccard distance",
-    )
-    parser.add_argument(
-        "--max-rank", type=int, default=10, help="largest CMC rank computed and logged (>= 10)"
-    )
+    settings.add_arguments(parser, EvaluateOptions, "evaluation")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -83,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.features.store import read_features
     from pipeline.io import read_table, write_table
 
-    _check_options(args)
+    options = settings.from_args(EvaluateOptions, args)
     index = read_table(args.index, required_columns=("path", "camid", "pid", "split"))
     query = read_features(args.query_features, index)
     gallery = read_features(args.gallery_features, index)
@@ -92,7 +104,6 @@ def run(args: argparse.Namespace) -> None:
         (gallery, "gallery", args.gallery_features),
     ):
         _check_split(index["split"].to_numpy()[fs.index_row], split, path)
-        _check_features(fs.features, path)
     if query.features.shape[1] != gallery.features.shape[1]:
         raise PipelineError(
             f"{args.query_features} holds {query.features.shape[1]}-d features but "
@@ -102,9 +113,13 @@ def run(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     distance = None
-    if args.rerank:
+    if options.rerank:
         distance = k_reciprocal_distance_blocks(
-            query.features, gallery.features, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value
+            query.features,
+            gallery.features,
+            k1=options.k1,
+            k2=options.k2,
+            lambda_value=options.lambda_value,
         )
     metrics = evaluate_retrieval(
         query.features,
@@ -113,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
         gallery.features,
         gallery.pid,
         gallery.camid,
-        max_rank=args.max_rank,
+        max_rank=options.max_rank,
         distance=distance,
     )
     seconds = time.perf_counter() - start
@@ -123,31 +138,23 @@ def run(args: argparse.Namespace) -> None:
             "(an image of the same identity from another camera, pid not -1); check that both "
             "files come from the same dataset's query and gallery splits and that pids are known"
         )
+    # the checkpoint the features were extracted with says what it is (pipeline extract)
+    experiment = args.experiment or query.attrs.get("experiment") or "unnamed"
+    epoch = args.epoch if args.epoch is not None else int(query.attrs.get("epoch", -1))
     row = {
-        "experiment": args.experiment,
+        "experiment": experiment,
         "dataset": args.dataset,
-        "epoch": args.epoch,
+        "epoch": epoch,
+        "seed": int(query.attrs.get("seed", -1)),
         "mAP": metrics.mAP,
         **{f"rank{k}": metrics.rank(k) for k in REPORTED_RANKS},
         "mINP": metrics.mINP,
         "num_query": metrics.num_query,
         "num_valid_query": metrics.num_valid_query,
-        "reranking": bool(args.rerank),
+        "reranking": options.rerank,
     }
     write_table(pd.DataFrame([row], columns=list(METRICS_COLUMNS)), args.out)
-    log.info("%s", _format_table(args, metrics, len(gallery), seconds))
-
-
-def _check_options(args: argparse.Namespace) -> None:
-    if args.max_rank < max(REPORTED_RANKS):
-        raise PipelineError(
-            f"--max-rank {args.max_rank} is too small: the metrics table reports rank-"
-            f"{max(REPORTED_RANKS)}, use --max-rank {max(REPORTED_RANKS)} or more"
-        )
-    if args.k1 < 1 or args.k2 < 1:
-        raise PipelineError(f"--k1 and --k2 must be at least 1, got {args.k1} and {args.k2}")
-    if not 0 <= args.lambda_value <= 1:
-        raise PipelineError(f"--lambda must lie in [0, 1], got {args.lambda_value}")
+    log.info("%s", _format_table(row, options, metrics, len(gallery), seconds))
 
 
 def _check_split(splits: np.ndarray, expected: str, path: Path) -> None:
@@ -161,31 +168,16 @@ def _check_split(splits: np.ndarray, expected: str, path: Path) -> None:
         )
 
 
-def _check_features(features: np.ndarray, path: Path) -> None:
-    """Finite, L2-normalised rows: the distance 2 - 2 q.g is Euclidean only for unit vectors."""
-    squared_norm = np.einsum("ij,ij->i", features, features, dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(squared_norm))
-    if len(bad):
-        raise PipelineError(
-            f"{path}: {len(bad)} feature row(s) hold NaN or infinite values, first at row "
-            f"{bad[0]}; the model that extracted them diverged or the file is damaged, "
-            "re-extract the features with a sound checkpoint"
-        )
-    off = np.flatnonzero(np.abs(np.sqrt(squared_norm) - 1) > NORM_TOLERANCE)
-    if len(off):
-        raise PipelineError(
-            f"{path}: {len(off)} feature row(s) are not L2-normalised, first at row {off[0]} "
-            f"(norm {np.sqrt(squared_norm[off[0]]):.4g}); write them with `pipeline extract`, "
-            "which normalises"
-        )
-
-
 def _format_table(
-    args: argparse.Namespace, metrics: RetrievalMetrics, num_gallery: int, seconds: float
+    row: dict,
+    options: EvaluateOptions,
+    metrics: RetrievalMetrics,
+    num_gallery: int,
+    seconds: float,
 ) -> str:
     reranking = (
-        f"k-reciprocal re-ranking k1={args.k1} k2={args.k2} lambda={args.lambda_value}"
-        if args.rerank
+        f"k-reciprocal re-ranking k1={options.k1} k2={options.k2} lambda={options.lambda_value}"
+        if options.rerank
         else "no re-ranking"
     )
     skipped = metrics.num_query - metrics.num_valid_query
@@ -195,10 +187,11 @@ def _format_table(
         ("mAP", f"{100 * metrics.mAP:6.2f} %"),
         ("mINP", f"{100 * metrics.mINP:6.2f} %"),
     ]
-    rows += [(f"rank-{k}", f"{100 * metrics.rank(k):6.2f} %") for k in _logged_ranks(args.max_rank)]
+    ranks = _logged_ranks(options.max_rank)
+    rows += [(f"rank-{k}", f"{100 * metrics.rank(k):6.2f} %") for k in ranks]
     title = (
-        f"retrieval of {args.experiment} on {args.dataset}, epoch {args.epoch} ({reranking}), "
-        f"{seconds:.1f} s"
+        f"retrieval of {row['experiment']} on {row['dataset']}, epoch {row['epoch']} "
+        f"({reranking}), {seconds:.1f} s"
     )
     return "\n".join([title, *(f"  {label:<9} {value}" for label, value in rows)])
 

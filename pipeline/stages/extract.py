@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline import settings
 from pipeline.errors import PipelineError
+from pipeline.settings import setting
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,7 +27,32 @@ SPLITS = ("train", "query", "gallery")
 FEATURE_SUFFIXES = (".h5", ".hdf5")
 
 
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How features are extracted to HDF5 (every extraction job)."""
+
+    batch_size: int = setting(64, "images per forward pass", minimum=1)
+    workers: int | None = setting(
+        None,
+        "image decoding processes; 0: a background thread of the job (the fastest on a CPU); "
+        "null: 0 on a CPU, one per spare core up to 8 on a GPU",
+        minimum=0,
+    )
+    flip: bool = setting(False, "average the embeddings of each image and its mirror image")
+    dtype: str = setting(
+        "float32", "storage type of the features in HDF5", choices=("float32", "float16")
+    )
+    amp: str = setting(
+        "auto",
+        "autocast on CUDA (auto: bf16 where supported); on a CPU always float32",
+        choices=("auto", "bf16", "fp16", "off"),
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.data.images import InputSize
+    from pipeline.runtime import Device
+
     parser.add_argument("--index", required=True, type=Path, help="dataset index table")
     parser.add_argument("--checkpoint", required=True, type=Path, help="encoder checkpoint (.pt)")
     parser.add_argument("--split", required=True, choices=SPLITS, help="rows of the index to embed")
@@ -32,32 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--camera", type=int, default=None, help="only this camera's rows (default: all cameras)"
     )
     parser.add_argument("--out", required=True, type=Path, help="feature file to write (.h5)")
-    parser.add_argument("--height", type=int, default=256, help="input height (default 256)")
-    parser.add_argument("--width", type=int, default=128, help="input width (default 128)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="image decoding processes; 0: a background thread (default: 0 on CPU, one per "
-        "spare core up to 8 on a GPU)",
-    )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<n>")
-    parser.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="average with the embedding of the mirrored image",
-    )
-    parser.add_argument(
-        "--dtype", default="float32", choices=("float32", "float16"), help="stored feature dtype"
-    )
-    parser.add_argument(
-        "--amp",
-        default="auto",
-        choices=("auto", "bf16", "fp16", "off"),
-        help="autocast on CUDA (auto: bf16 where supported); CPU always runs float32",
-    )
+    settings.add_arguments(parser, ExtractOptions, "extraction")
+    settings.add_arguments(parser, InputSize, "input")
+    settings.add_arguments(parser, Device, "device")
 
 
 def select_rows(
@@ -83,7 +88,7 @@ def select_rows(
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.data.images import check_input_size
+    from pipeline.data.images import InputSize
     from pipeline.features.extract import (
         default_num_workers,
         extract_embeddings,
@@ -93,13 +98,18 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.features.store import FeatureSet, write_features
     from pipeline.io import read_table
     from pipeline.models.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+    from pipeline.runtime import Device, set_determinism
 
     if args.out.suffix.lower() not in FEATURE_SUFFIXES:
         raise PipelineError(
             f"{args.out}: feature files are HDF5, name them {' or '.join(FEATURE_SUFFIXES)} "
             "(option --out)"
         )
-    check_input_size(args.height, args.width)
+    options = settings.from_args(ExtractOptions, args)
+    size = settings.from_args(InputSize, args)
+    where = settings.from_args(Device, args)
+    device = resolve_device(where.device)
+    set_determinism(where.deterministic)
     index = read_table(args.index, required_columns=("path", "camid", "pid", "split"))
     rows = select_rows(index, args.split, args.camera, args.index)
     state = load_checkpoint(args.checkpoint)
@@ -116,10 +126,9 @@ def run(args: argparse.Namespace) -> None:
             args.checkpoint,
         )
     model = model_from_checkpoint(state)
-    device = resolve_device(args.device)
-    amp_dtype = resolve_amp(args.amp, device)
+    amp_dtype = resolve_amp(options.amp, device)
     precision = str(amp_dtype).removeprefix("torch.") if amp_dtype else "off"
-    workers = default_num_workers(device) if args.workers is None else args.workers
+    workers = default_num_workers(device) if options.workers is None else options.workers
     camera = "all cameras" if args.camera is None else f"camera {args.camera}"
     log.info(
         "extracting %d %s images (%s) at %dx%d with %s from %s on %s "
@@ -127,46 +136,50 @@ def run(args: argparse.Namespace) -> None:
         len(rows),
         args.split,
         camera,
-        args.height,
-        args.width,
+        size.height,
+        size.width,
         model.config["arch"],
         args.checkpoint,
         device,
         precision,
-        "on" if args.flip else "off",
-        args.batch_size,
+        "on" if options.flip else "off",
+        options.batch_size,
         f"{workers} loader process(es)" if workers else "a background thread",
     )
     start = time.perf_counter()
     embeddings = extract_embeddings(
         model,
         rows["path"].astype(str).tolist(),
-        height=args.height,
-        width=args.width,
-        batch_size=args.batch_size,
+        height=size.height,
+        width=size.width,
+        batch_size=options.batch_size,
         num_workers=workers,
         device=str(device),
-        flip=args.flip,
-        amp=args.amp,
+        flip=options.flip,
+        amp=options.amp,
     )
     seconds = time.perf_counter() - start
     attrs = {
         "model": checkpoint_sha256,
         "pretrained": state["pretrained"],
         "arch": model.config["arch"],
-        "height": args.height,
-        "width": args.width,
-        "flip": args.flip,
+        "height": size.height,
+        "width": size.width,
+        "flip": options.flip,
         "split": args.split,
         "camera": -1 if args.camera is None else args.camera,
         "amp": precision,
+        # what the checkpoint says it is, for the evaluation's table
+        "experiment": str(state.get("experiment", "")),
+        "epoch": int(state.get("epoch", 0)),
+        "seed": int(state.get("seed", -1)),
     }
-    write_features(args.out, FeatureSet.from_index(embeddings, rows, attrs), dtype=args.dtype)
+    write_features(args.out, FeatureSet.from_index(embeddings, rows, attrs), dtype=options.dtype)
     log.info(
         "wrote %s: %d x %d %s features in %.1f s (%.1f images/s)",
         args.out,
         *embeddings.shape,
-        args.dtype,
+        options.dtype,
         seconds,
         len(rows) / seconds,
     )

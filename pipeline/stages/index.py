@@ -9,26 +9,41 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import settings
 from pipeline.data.datasets import DATASETS, read_dataset, summarize_index
 from pipeline.data.validate import check_images_readable, check_training_cameras
 from pipeline.errors import PipelineError
 from pipeline.io import TABLE_SUFFIXES, write_table
+from pipeline.settings import setting
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class DatasetOptions:
+    """The dataset: its layout, where it is, and how many training images a camera needs."""
+
+    name: str = setting(
+        "demo",
+        "dataset layout: demo generates the synthetic dataset under <results>/demo-data first; "
+        "manifest reads a CSV file (path, camera, optional pid and split)",
+        choices=tuple(DATASETS),
+        flag="--dataset",
+    )
+    root: str | None = setting(
+        None, "dataset folder (for manifest: the CSV file); ignored for demo", flag="--root"
+    )
+    min_images_per_camera: int = setting(
+        10,
+        "fewest training images a camera may have (the intra-camera stage needs some)",
+        minimum=0,
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dataset", required=True, help=f"dataset layout, one of: {', '.join(DATASETS)}"
-    )
-    parser.add_argument(
-        "--root",
-        required=True,
-        type=Path,
-        help="dataset folder (for --dataset manifest: the manifest CSV file)",
-    )
     parser.add_argument(
         "--out", required=True, type=Path, help="index table to write (.csv or .parquet)"
     )
@@ -37,12 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="decode every image and refuse to write the index if any is unreadable",
     )
-    parser.add_argument(
-        "--min-images-per-camera",
-        type=int,
-        default=10,
-        help="fewest training images a camera may have (intra-camera stage); default 10",
-    )
+    settings.add_arguments(parser, DatasetOptions, "dataset")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -50,12 +60,11 @@ def run(args: argparse.Namespace) -> None:
         raise PipelineError(
             f"{args.out}: the index must be {' or '.join(TABLE_SUFFIXES)} (option --out)"
         )
-    if args.min_images_per_camera < 0:
-        raise PipelineError(
-            f"--min-images-per-camera must be 0 or more, got {args.min_images_per_camera}"
-        )
-    index = read_dataset(args.dataset, args.root)
-    check_training_cameras(index, args.min_images_per_camera)
+    options = settings.from_args(DatasetOptions, args)
+    if options.root is None:
+        raise PipelineError("--root is required: the dataset folder (for manifest: the CSV file)")
+    index = read_dataset(options.name, Path(options.root))
+    check_training_cameras(index, options.min_images_per_camera)
     if args.verify:
         log.info("decoding %d images (--verify)", len(index))
         check_images_readable(index["path"].tolist())

@@ -13,40 +13,71 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import settings
 from pipeline.errors import PipelineError
+from pipeline.models.backbones import ARCHS
+from pipeline.models.pooling import POOLINGS
+from pipeline.models.reid import PRETRAINED
+from pipeline.settings import setting
 
 log = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default="resnet50", help="resnet18 | resnet50 | resnet50_ibn_a")
-    parser.add_argument("--pooling", default="avg", help="avg | gem")
-    parser.add_argument("--last-stride", type=int, default=1)
-    parser.add_argument("--pretrained", default="imagenet", help="imagenet | none")
-    parser.add_argument(
-        "--weights-path", default=None, help="local ImageNet weights file (default: torch cache)"
+@dataclass(frozen=True)
+class ModelOptions:
+    """The encoder: backbone, pooling, initial weights, and the BatchNorm calibration."""
+
+    arch: str = setting(
+        "resnet50", "backbone (the paper: resnet50; best: resnet50_ibn_a)", choices=ARCHS
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    pooling: str = setting(
+        "avg",
+        "global pooling: avg, or gem (GeM with a trainable exponent starting at 3)",
+        choices=POOLINGS,
+    )
+    pretrained: str = setting(
+        "imagenet",
+        "imagenet (a local weights file, never downloaded) | none (random initialisation)",
+        choices=PRETRAINED,
+    )
+    weights_path: str | None = setting(
+        None, "local ImageNet weights file; null: torchvision's cache file under $TORCH_HOME"
+    )
+    last_stride: int = setting(
+        1, "stride of the last stage (1 is the ReID standard)", choices=(1, 2)
+    )
+    calibrate_bn: bool = setting(
+        False,
+        "estimate the BatchNorm running statistics on the training images (--calibrate-index) "
+        "before anything is extracted. Random weights hold statistics of no data, so without "
+        "this the untrained features come from another network than the one training starts "
+        "from (pipeline/models/calibration.py); the paper keeps ImageNet's statistics",
+    )
+    calibration_images: int = setting(
+        4096, "training images to calibrate on, a seeded random sample (0: all)", minimum=0
+    )
+    calibration_batch_size: int = setting(64, "calibration batch size", minimum=2)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.data.images import InputSize
+    from pipeline.runtime import Device, Seed
+
     parser.add_argument(
         "--calibrate-index",
         type=Path,
         default=None,
-        help="dataset index: estimate the BatchNorm statistics on its training images "
-        "(default: keep those of the weights)",
+        help="dataset index whose training images calibrate the BatchNorm statistics "
+        "(with --calibrate-bn)",
     )
-    parser.add_argument(
-        "--calibration-images",
-        type=int,
-        default=4096,
-        help="training images to calibrate on, a seeded random sample (0: all; default 4096)",
-    )
-    parser.add_argument("--height", type=int, default=256, help="calibration input height")
-    parser.add_argument("--width", type=int, default=128, help="calibration input width")
-    parser.add_argument("--batch-size", type=int, default=64, help="calibration batch size")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<n>")
     parser.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    settings.add_arguments(parser, ModelOptions, "model")
+    settings.add_arguments(parser, InputSize, "input (calibration)")
+    settings.add_arguments(parser, Device, "device (calibration)")
+    settings.add_arguments(parser, Seed, "seed (random initialisation, calibration sample)")
 
 
 def calibration_paths(index_path: Path, images: int, seed: int) -> list[str]:
@@ -93,50 +124,60 @@ def calibration_batches(paths: list[str], height: int, width: int, batch_size: i
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from pipeline.data.images import check_input_size
+    from pipeline.data.images import InputSize
     from pipeline.features.extract import resolve_device
     from pipeline.models import build_model
     from pipeline.models.calibration import calibrate_batchnorm
     from pipeline.models.checkpoint import save_checkpoint
+    from pipeline.runtime import Device, Seed
 
-    check_input_size(args.height, args.width)
-    torch.manual_seed(args.seed)
+    options = settings.from_args(ModelOptions, args)
+    size = settings.from_args(InputSize, args)
+    seed = settings.from_args(Seed, args).seed
+    if options.calibrate_bn and args.calibrate_index is None:
+        raise PipelineError(
+            "--calibrate-bn needs --calibrate-index: the dataset index whose training images "
+            "calibrate the BatchNorm statistics"
+        )
+    torch.manual_seed(seed)
     model = build_model(
-        arch=args.arch,
-        pooling=args.pooling,
-        pretrained=args.pretrained,
-        weights_path=args.weights_path,
-        last_stride=args.last_stride,
+        arch=options.arch,
+        pooling=options.pooling,
+        pretrained=options.pretrained,
+        weights_path=options.weights_path,
+        last_stride=options.last_stride,
     )
     calibration = None
-    if args.calibrate_index is not None:
-        paths = calibration_paths(args.calibrate_index, args.calibration_images, args.seed)
-        device = resolve_device(args.device)
+    if options.calibrate_bn:
+        paths = calibration_paths(args.calibrate_index, options.calibration_images, seed)
+        device = resolve_device(settings.from_args(Device, args).device)
         model.to(device, memory_format=torch.channels_last)
         log.info(
             "calibrating the BatchNorm statistics on %d training images of %s",
             len(paths),
             args.calibrate_index,
         )
-        seen = calibrate_batchnorm(
-            model, calibration_batches(paths, args.height, args.width, args.batch_size, device)
+        batches = calibration_batches(
+            paths, size.height, size.width, options.calibration_batch_size, device
         )
+        seen = calibrate_batchnorm(model, batches)
         model.cpu()
-        calibration = {"images": seen, "height": args.height, "width": args.width}
+        calibration = {"images": seen, "height": size.height, "width": size.width}
     save_checkpoint(
         args.out,
         {
             "model_config": model.config,
             "model": model.state_dict(),
-            "pretrained": args.pretrained,
+            "pretrained": options.pretrained,
             "bn_calibration": calibration,
+            "experiment": "initial",
             "epoch": 0,
         },
     )
     log.info(
         "initial %s encoder (pretrained: %s, BatchNorm statistics %s) written to %s",
-        args.arch,
-        args.pretrained,
+        options.arch,
+        options.pretrained,
         f"calibrated on {calibration['images']} images" if calibration else "of the weights",
         args.out,
     )

@@ -12,18 +12,53 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline import settings
 from pipeline.cluster.labels import first_rows
+from pipeline.cluster.schedules import SCHEDULES
 from pipeline.errors import PipelineError
+from pipeline.settings import setting
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RefineOptions:
+    """Camera-aware label refinement with pivots and local labels (Eq. 4-5)."""
+
+    mode: str = setting(
+        "paper",
+        "paper: every pivot counts (Eq. 4-5); reference: the released code (one pivot per "
+        "cluster, fixed p); none: no refinement, the global clusters are the labels (baseline)",
+        choices=("paper", "reference", "none"),
+    )
+    schedule: str = setting(
+        "cosine",
+        "decay of the discard probability p over epochs (Table IV; ignored by mode reference)",
+        choices=SCHEDULES,
+    )
+    p0: float = setting(1.0, "discard probability at epoch 0", minimum=0, maximum=1)
+    pivot_k: int = setting(
+        15, "neighbours in the pivot score (Eq. 4: the paper's top 15)", minimum=1
+    )
+    weight_floor: float = setting(
+        0.0,
+        "smallest cluster weight of Eq. 6, w = max(ln(1 + H), floor), written with the labels; "
+        "0 = the paper and the released code (a single-camera cluster gets weight 0)",
+        minimum=0,
+        maximum=1,
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.cluster.knn import NeighbourSearch
+    from pipeline.runtime import Seed
+
     parser.add_argument("--clusters", required=True, type=Path, help="global clusters table")
     parser.add_argument("--features", required=True, type=Path, help="HDF5 feature file")
     parser.add_argument(
@@ -36,56 +71,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epoch", type=int, default=0, help="0-based inter-camera epoch")
     parser.add_argument("--total-epochs", type=int, default=1, help="inter-camera epochs")
     parser.add_argument(
-        "--schedule",
-        choices=("none", "linear", "polynomial", "exponential", "cosine"),
-        default="cosine",
-        help="decay of the discard probability over epochs",
-    )
-    parser.add_argument("--p0", type=float, default=1.0, help="discard probability at epoch 0")
-    parser.add_argument(
-        "--mode",
-        choices=("paper", "reference", "none"),
-        default="paper",
-        help="paper: every pivot counts; reference: the released code (one pivot per cluster); "
-        "none: no refinement, the global clusters are the labels (the baseline)",
-    )
-    parser.add_argument("--pivot-k", type=int, default=15, help="neighbours in Eq. 4")
-    parser.add_argument(
-        "--knn", choices=("exact", "ivf", "hnsw"), default="exact", help="neighbour search"
-    )
-    parser.add_argument(
-        "--weight-floor",
-        type=float,
-        default=0.0,
-        help="smallest cluster weight (Eq. 6): w = max(ln(1 + H), floor); 0 = the released code",
-    )
-    parser.add_argument(
         "--neighbours",
         type=Path,
         help="kNN lists of these features from `pipeline cluster-global --out-neighbours` "
         "(used for Eq. 4 when they hold at least --pivot-k neighbours; else searched again)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the discard draws")
     parser.add_argument("--out", required=True, type=Path, help="refined labels table")
     parser.add_argument("--summary", required=True, type=Path, help="JSON summary to write")
+    settings.add_arguments(parser, RefineOptions, "refinement")
+    settings.add_arguments(parser, NeighbourSearch, "neighbour search (when --neighbours is short)")
+    settings.add_arguments(parser, Seed, "seed of the discard draws")
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.cluster.knn import check_normalised
+    from pipeline.cluster.knn import NeighbourSearch
     from pipeline.cluster.quality import discard_ratio
     from pipeline.cluster.refine import refine_epoch
     from pipeline.cluster.schedules import discard_probability
     from pipeline.cluster.weights import sample_weights
     from pipeline.features.store import read_features
     from pipeline.io import write_table
+    from pipeline.runtime import Seed
     from pipeline.stages.cluster_global import read_neighbour_similarities, write_summary
 
-    if not 0.0 <= args.weight_floor <= 1.0:
-        raise PipelineError(f"--weight-floor must be in [0, 1], got {args.weight_floor}")
+    options = settings.from_args(RefineOptions, args)
+    search = settings.from_args(NeighbourSearch, args)
+    seed = settings.from_args(Seed, args).seed
     fs = read_features(args.features)
-    check_normalised(fs.features, str(args.features))
     clusters = aligned_clusters(args.clusters, fs.index_row, fs.camid)
-    if args.mode == "none":
+    if options.mode == "none":
         if args.local_labels:
             raise PipelineError("--mode none refines nothing: do not pass --local-labels")
         local = None
@@ -95,22 +109,24 @@ def run(args: argparse.Namespace) -> None:
     else:
         if not args.local_labels:
             raise PipelineError(
-                f"--mode {args.mode} needs --local-labels (one table per camera, from stage 1)"
+                f"--mode {options.mode} needs --local-labels (one table per camera, from stage 1)"
             )
         local = aligned_local_labels(args.local_labels, fs.index_row, fs.camid)
-        schedule = "none" if args.mode == "reference" else args.schedule
-        if schedule != args.schedule:
-            log.info("--mode reference keeps p = --p0 fixed; --schedule %s ignored", args.schedule)
-        p = discard_probability(args.epoch, args.total_epochs, schedule, args.p0)
-        rng = np.random.default_rng([args.seed, args.epoch])
+        schedule = "none" if options.mode == "reference" else options.schedule
+        if schedule != options.schedule:
+            log.info(
+                "--mode reference keeps p = --p0 fixed; --schedule %s ignored", options.schedule
+            )
+        p = discard_probability(args.epoch, args.total_epochs, schedule, options.p0)
+        rng = np.random.default_rng([seed, args.epoch])
         similarities = None
         if args.neighbours:
             similarities = read_neighbour_similarities(
-                args.neighbours, fs.index_row, fs.attrs.get("model"), args.pivot_k
+                args.neighbours, fs.index_row, fs.attrs.get("model"), options.pivot_k
             )
             if similarities is None:
                 log.info(
-                    "%s holds fewer than %d neighbours: searching", args.neighbours, args.pivot_k
+                    "%s holds fewer than %d neighbours: searching", args.neighbours, options.pivot_k
                 )
         result = refine_epoch(
             fs.features,
@@ -119,14 +135,14 @@ def run(args: argparse.Namespace) -> None:
             local,
             p,
             rng,
-            args.mode,
-            args.pivot_k,
-            args.knn,
+            options.mode,
+            options.pivot_k,
+            search.knn,
             similarities,
         )
         labels, discarded, pivots = result.labels, result.discarded, result.pivots
         mean_distance = result.mean_distance
-    weights = sample_weights(labels, fs.camid, args.weight_floor)
+    weights = sample_weights(labels, fs.camid, options.weight_floor)
 
     table = pd.DataFrame(
         {
@@ -141,14 +157,14 @@ def run(args: argparse.Namespace) -> None:
     )
     write_table(table, args.out)
     summary = {
-        "mode": args.mode,
+        "mode": options.mode,
         "schedule": schedule,
         "epoch": args.epoch,
         "total_epochs": args.total_epochs,
-        "p0": args.p0,
+        "p0": options.p0,
         "discard_probability": p,
-        "pivot_k": args.pivot_k,
-        "weight_floor": args.weight_floor,
+        "pivot_k": options.pivot_k,
+        "weight_floor": options.weight_floor,
         "mean_distance": mean_distance,
         "n_images": len(fs),
         "n_clusters": int(labels.max()) + 1 if len(labels) else 0,

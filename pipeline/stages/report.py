@@ -12,13 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline import settings
 from pipeline.errors import PipelineError
 from pipeline.features.store import FeatureSet
+from pipeline.runtime import Seed
+from pipeline.settings import setting
 
 if TYPE_CHECKING:  # the report modules import matplotlib: only inside run(), for a fast --help
     from pipeline.report.embedding import CameraBias
@@ -28,7 +32,16 @@ log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ("path", "camid", "pid", "split")
 THUMBNAIL_SIZE = (64, 128)  # width, height of the images in the retrieval grid
-MIN_TSNE_POINTS = 10
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The per-experiment report's figures."""
+
+    tsne_points: int = setting(
+        2000, "training images sampled for the t-SNE plots and the camera bias", minimum=10
+    )
+    retrieval_queries: int = setting(6, "queries shown in the retrieval grid", minimum=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,16 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gallery", required=True, type=Path, help="gallery features, final model")
     parser.add_argument("--metrics", required=True, type=Path, help="the experiment's metrics.csv")
     parser.add_argument("--out-dir", required=True, type=Path, help="folder of the report files")
-    parser.add_argument(
-        "--tsne-points",
-        type=int,
-        default=2000,
-        help="training images sampled for t-SNE and the camera bias (default 2000)",
-    )
-    parser.add_argument(
-        "--retrieval-queries", type=int, default=6, help="queries in retrieval.png (default 6)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="fixes the samples and t-SNE")
+    settings.add_arguments(parser, ReportOptions, "report")
+    settings.add_arguments(parser, Seed, "seed (samples, t-SNE)")
 
 
 def read_summary(path: Path) -> dict:
@@ -159,12 +164,8 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.report.summary import summary_markdown
     from pipeline.report.tables import METRICS_REQUIRED, final_metrics
 
-    if args.tsne_points < MIN_TSNE_POINTS:
-        raise PipelineError(
-            f"--tsne-points must be at least {MIN_TSNE_POINTS}, got {args.tsne_points}"
-        )
-    if args.retrieval_queries < 1:
-        raise PipelineError(f"--retrieval-queries must be 1 or more, got {args.retrieval_queries}")
+    options = settings.from_args(ReportOptions, args)
+    seed = settings.from_args(Seed, args).seed
 
     index = read_table(args.index, INDEX_COLUMNS)
     epochs = concat_train_logs(
@@ -202,14 +203,14 @@ def run(args: argparse.Namespace) -> None:
     figure = plot_cluster_quality(quality, f"{title}: global, refined and local cluster quality")
     save_figure(figure, out / "cluster_quality.png")
 
-    sample = sample_rows(len(before), args.tsne_points, args.seed)
-    panels, biases = camera_panels(before, after, sample, args.seed)
+    sample = sample_rows(len(before), options.tsne_points, seed)
+    panels, biases = camera_panels(before, after, sample, seed)
     figure = plot_camera_embedding(
         panels, before.camid[sample], f"{title}: t-SNE of {len(sample)} training images"
     )
     save_figure(figure, out / "tsne_cameras.png")
 
-    rows = retrieval_rows(query, gallery, args.retrieval_queries, args.seed)
+    rows = retrieval_rows(query, gallery, options.retrieval_queries, seed)
     save_figure(plot_retrieval(rows, f"{title}: top-10 gallery images"), out / "retrieval.png")
 
     text = summary_markdown(args.experiment, final, epochs, round_table(summaries), quality, biases)

@@ -6,8 +6,10 @@ contrastive loss weighted by their cluster weight (Eq. 6) plus --beta times the 
 loss of a classifier behind a gradient reversal layer (Eq. 7-9). Each epoch first embeds the
 labelled images with the current model to rebuild the cluster memory. When --init is a previous
 round's checkpoint, its optimizer, scheduler, camera classifier and epoch counter carry on;
-init-model's checkpoint starts them fresh. --no-camera-loss and --no-cluster-weights (with
-`refine --mode none` upstream) give the baseline and the ablations of Table III.
+init-model's checkpoint starts them fresh. The loss terms are those of
+pipeline/train/losses.py (LOSSES), each configured by its own options: --no-camera-loss and
+--no-cluster-weights (with `refine --mode none` upstream) give the baseline and the ablations
+of Table III.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pipeline import settings
+
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.train.options import add_arguments as add_optimisation_arguments
+    from pipeline.train.losses import LOSSES
+    from pipeline.train.options import add_arguments as add_training_arguments
 
     parser.add_argument("--index", required=True, help="dataset index table")
     parser.add_argument("--labels", required=True, help="refined labels table (pipeline refine)")
@@ -31,27 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out-checkpoint", required=True, help="checkpoint to write")
     parser.add_argument("--log", required=True, help="per-epoch log table (.csv or .parquet)")
-    method = parser.add_argument_group("method")
-    method.add_argument(
+    parser.add_argument(
+        "--experiment", default=None, help="experiment name, recorded in the checkpoint"
+    )
+    parser.add_argument(
         "--total-epochs", type=int, default=50, help="epochs of the whole stage (paper: 50)"
     )
-    method.add_argument(
-        "--camera-loss",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="camera classifier behind gradient reversal (Eq. 7-9)",
-    )
-    method.add_argument("--beta", type=float, default=1.0, help="weight of the camera loss (Eq. 9)")
-    method.add_argument(
-        "--grl-lambda", type=float, default=1.0, help="gradient reversal coefficient (Eq. 7)"
-    )
-    method.add_argument(
-        "--cluster-weights",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="weight samples by the labels table's weight column (Eq. 6); off: Eq. 3",
-    )
-    add_optimisation_arguments(parser, epochs_help="epochs to train in this job (one round)")
+    for name, term in LOSSES.items():
+        settings.add_arguments(parser, term.options, f"loss term {name!r}")
+    add_training_arguments(parser, epochs_help="epochs to train in this job (one round)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -66,21 +59,26 @@ def run(args: argparse.Namespace) -> None:
         summary_fields,
         training_cameras,
     )
+    from pipeline.train.losses import LOSSES
     from pipeline.train.options import job_from_args, options_from_args
-    from pipeline.train.runner import CameraLoss, finish, train
+    from pipeline.train.runner import finish, train
 
     options = options_from_args(args)
+    loss_options = {name: settings.from_args(term.options, args) for name, term in LOSSES.items()}
+    weighted = loss_options["contrastive"].cluster_weights
+    camera_loss = loss_options["camera"]
     index = read_table(args.index, ("path", "camid", "pid", "split"))
-    columns = ("index_row", "camid", "label") + (("weight",) if args.cluster_weights else ())
+    columns = ("index_row", "camid", "label") + (("weight",) if weighted else ())
     training_set = inter_training_set(
         index,
         read_table(args.labels, columns),
-        use_weights=args.cluster_weights,
+        use_weights=weighted,
         where=args.labels,
     )
-    camera_loss = None
-    if args.camera_loss:
-        camera_loss = CameraLoss(training_cameras(index), args.beta, args.grl_lambda)
+    if camera_loss.enabled:
+        camera_ids = training_cameras(index)
+    else:
+        camera_ids = tuple(sorted(index.loc[index["split"] == "train", "camid"].unique().tolist()))
     log_fields = {}
     if args.refine_summary:
         try:
@@ -102,16 +100,20 @@ def run(args: argparse.Namespace) -> None:
     paths = rows["path"].astype(str).tolist()
     log.info(
         "stage 2 (inter-camera) started: epochs %d-%d of %d, %d labelled images in %d clusters "
-        "(%d left out), camera loss %s, cluster weights %s",
+        "(%d left out), loss terms %s",
         done + 1,
         done + args.epochs,
         args.total_epochs,
         len(paths),
         training_set.n_clusters,
         training_set.n_outliers,
-        f"on (beta {args.beta}, lambda {args.grl_lambda})" if camera_loss else "off",
-        "on" if args.cluster_weights else "off",
+        ", ".join(f"{name} ({options})" for name, options in loss_options.items()),
     )
+
+    def build_losses(context):
+        terms = {name: LOSSES[name].build(opts, context) for name, opts in loss_options.items()}
+        return {name: term for name, term in terms.items() if term is not None}
+
     result = train(
         stage="inter",
         paths=paths,
@@ -121,11 +123,14 @@ def run(args: argparse.Namespace) -> None:
         prepare_epoch=lambda model, epoch: inter_epoch(
             model, paths, training_set, options, log_fields
         ),
+        build_losses=build_losses,
+        camera_ids=camera_ids,
         out_checkpoint=args.out_checkpoint,
         log_path=args.log,
         job=job_from_args(args, {"index": args.index, "labels": args.labels, "init": args.init}),
-        camera_loss=camera_loss,
         continue_from_init=True,
+        meta={"seed": options.seed}
+        | ({} if args.experiment is None else {"experiment": args.experiment}),
     )
     finish(args.out_checkpoint, args.log, result)
     log.info(

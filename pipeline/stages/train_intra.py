@@ -13,11 +13,14 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pipeline import settings
+
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.train.options import add_arguments as add_optimisation_arguments
+    from pipeline.cluster.agglomerative import LocalClustering
+    from pipeline.train.options import add_arguments as add_training_arguments
 
     parser.add_argument("--index", required=True, help="dataset index table")
     parser.add_argument("--camera", type=int, required=True, help="camid to train on")
@@ -30,31 +33,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="local labels of the first epoch (`pipeline cluster-intra` on the initial features); "
         "default: cluster the camera's features here",
     )
-    clustering = parser.add_argument_group("local clustering")
-    clustering.add_argument(
-        "--ratio", type=int, default=5, help="local clusters = camera images // ratio"
-    )
-    clustering.add_argument(
-        "--distance", default="cosine", choices=("cosine", "jaccard"), help="linkage distance"
-    )
-    clustering.add_argument("--k1", type=int, default=15, help="k-reciprocal k1 (jaccard)")
-    clustering.add_argument("--k2", type=int, default=4, help="query expansion k2 (jaccard)")
-    add_optimisation_arguments(parser, epochs_help="training epochs (paper: 20)")
+    settings.add_arguments(parser, LocalClustering, "local clustering (as cluster-intra)")
+    add_training_arguments(parser, epochs_help="training epochs (paper: 20)")
 
 
 def run(args: argparse.Namespace) -> None:
     import numpy as np
     import pandas as pd
 
-    from pipeline.cluster.agglomerative import n_local_clusters
+    from pipeline.cluster.agglomerative import (
+        LocalClustering,
+        camera_local_labels,
+        n_local_clusters,
+    )
     from pipeline.errors import PipelineError
     from pipeline.io import read_table, write_table
     from pipeline.models.checkpoint import load_checkpoint
-    from pipeline.train.intra import LocalClustering, intra_epoch, local_labels, quality_stats
+    from pipeline.train.intra import intra_epoch, quality_stats
+    from pipeline.train.losses import ClusterContrastLoss
     from pipeline.train.options import job_from_args, options_from_args
     from pipeline.train.runner import extract, finish, train
 
     options = options_from_args(args)
+    clustering = settings.from_args(LocalClustering, args)
     index = read_table(args.index, ("path", "camid", "pid", "split"))
     train_split = index[index["split"] == "train"]
     rows = train_split[train_split["camid"] == args.camera]
@@ -64,8 +65,7 @@ def run(args: argparse.Namespace) -> None:
             f"{args.index}: camera {args.camera} (option --camera) has no training images; "
             f"the training split has cameras {cameras}"
         )
-    clustering = LocalClustering(args.camera, args.ratio, args.distance, args.k1, args.k2)
-    n_clusters = n_local_clusters(len(rows), args.ratio, args.camera)  # fail before training
+    n_clusters = n_local_clusters(len(rows), clustering.ratio, args.camera)  # fail before training
     paths = rows["path"].astype(str).tolist()
     pids = rows["pid"].to_numpy(dtype=np.int64)
     initial_labels = (
@@ -89,14 +89,24 @@ def run(args: argparse.Namespace) -> None:
         init_state=init_state,
         options=options,
         prepare_epoch=lambda model, epoch: intra_epoch(
-            model, paths, pids, clustering, options, initial_labels if epoch == 0 else None
+            model,
+            paths,
+            pids,
+            args.camera,
+            clustering,
+            options,
+            initial_labels if epoch == 0 else None,
         ),
+        build_losses=lambda context: {
+            "contrastive": ClusterContrastLoss(context.momentum, context.temperature, False)
+        },
+        camera_ids=(args.camera,),
         out_checkpoint=args.out_checkpoint,
         log_path=args.log,
         job=job_from_args(args, {"index": args.index, "init": args.init, **initial_input}),
         meta={"camera": args.camera},
     )
-    labels = local_labels(extract(result.model, paths, options), clustering)
+    labels = camera_local_labels(extract(result.model, paths, options), clustering, args.camera)
     write_table(
         pd.DataFrame(
             {

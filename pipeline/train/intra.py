@@ -10,35 +10,14 @@ local labels, which stage 2 uses to refine the global clusters (Eq. 5).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.cluster.agglomerative import intra_camera_clusters, n_local_clusters
+from pipeline.cluster.agglomerative import LocalClustering, camera_local_labels
 from pipeline.cluster.quality import cluster_quality
 from pipeline.models import ReIDModel
 from pipeline.train.options import TrainOptions
 from pipeline.train.runner import EpochData, extract
-
-
-@dataclass(frozen=True)
-class LocalClustering:
-    """How a camera's images are clustered (the agglomerative stage's parameters)."""
-
-    camera: int
-    ratio: int = 5
-    distance: str = "cosine"
-    k1: int = 15
-    k2: int = 4
-
-
-def local_labels(features: np.ndarray, clustering: LocalClustering) -> np.ndarray:
-    """Local labels 0..K-1 of one camera's embeddings, K = images // ratio; a camera too small
-    for two clusters is an error naming it."""
-    n_clusters = n_local_clusters(len(features), clustering.ratio, clustering.camera)
-    return intra_camera_clusters(
-        features, n_clusters, clustering.distance, k1=clustering.k1, k2=clustering.k2
-    )
 
 
 def quality_stats(labels: np.ndarray, pids: np.ndarray) -> dict:
@@ -56,17 +35,19 @@ def intra_epoch(
     model: ReIDModel,
     paths: Sequence[str],
     pids: np.ndarray,
+    camera: int,
     clustering: LocalClustering,
     options: TrainOptions,
     labels: np.ndarray | None = None,
 ) -> EpochData:
-    """Embed the camera's images with the current encoder and cluster them: one epoch's data.
+    """Embed the camera's images with the current encoder and cluster them as
+    `pipeline cluster-intra` does: one epoch's data.
 
     ``labels`` given (the first epoch's, clustered from the initial features by
     `pipeline cluster-intra`) are used instead of clustering again."""
     features = extract(model, paths, options)
     if labels is None:
-        labels = local_labels(features, clustering)
+        labels = camera_local_labels(features, clustering, camera)
     return EpochData(
         labels=labels,
         features=features,

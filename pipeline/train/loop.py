@@ -1,17 +1,17 @@
 """One training epoch over pseudo labels, shared by both stages.
 
-Each step: augmented images -> embeddings f(x) -> loss against the cluster memory (Eq. 3, or
-Eq. 6 with cluster weights) plus, in stage 2 with the camera classifier, beta times the camera
-domain loss behind the gradient reversal layer (Eq. 7-9) -> Adam step -> momentum update of the
-memory rows of the batch's clusters (Eq. 2). A non-finite loss stops training with a
-PipelineError naming the epoch and iteration before it can reach the weights.
+Each step: augmented images -> embeddings f(x) -> each named loss term of the stage (stage 1:
+the contrastive loss against the cluster memory, Eq. 3; stage 2 also weighted, Eq. 6, plus beta
+times the camera domain loss behind the gradient reversal layer, Eq. 7-9; see
+:mod:`pipeline.train.losses`) -> their weighted sum -> Adam step -> the terms' updates (the
+momentum update of the memory rows of the batch's clusters, Eq. 2). A non-finite loss stops
+training with a PipelineError naming the epoch and iteration before it can reach the weights.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,15 +20,12 @@ from torch.utils.data import DataLoader
 
 from pipeline.data.images import ImageDataset, normalize_batch
 from pipeline.errors import PipelineError
-from pipeline.models import ReIDModel
-from pipeline.train.losses import camera_domain_loss, weighted_contrastive_loss
-from pipeline.train.memory import ClusterMemory
+from pipeline.train.losses import Batch, EpochTargets, LossTerm
 from pipeline.train.sampler import IdentitySampler
 from pipeline.train.state import seed_worker
 from pipeline.train.transforms import train_transform
 
 LOADER_PREFETCH = 4
-LOSS_TERMS = ("loss_contrastive", "loss_camera", "loss_total")
 
 
 def build_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -78,45 +75,37 @@ def make_train_loader(
     )
 
 
-@dataclass
-class EpochTargets:
-    """Per-position training targets, on the training device."""
-
-    labels: torch.Tensor  # (N,) int64 cluster of each position
-    weights: torch.Tensor | None  # (N,) float32 cluster weight (Eq. 6), None = Eq. 3
-    cameras: torch.Tensor | None  # (N,) int64 camera index for the classifier, None = off
-
-
 def train_epoch(
-    model: ReIDModel,
-    memory: ClusterMemory,
+    model: nn.Module,
+    losses: dict[str, LossTerm],
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     targets: EpochTargets,
     *,
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
-    classifier: nn.Module | None = None,
-    beta: float = 1.0,
     epoch: int = 0,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Train one pass of ``loader``; return the mean of each loss term over its iterations.
+    """Train one pass of ``loader``; return the mean of each loss term over its iterations, as
+    ``loss_<name>`` columns and their weighted sum ``loss_total``.
 
-    ``epoch`` (0-based) only names the epoch in the progress bar and in errors.
+    The terms' ``start_epoch`` hooks must have run. ``epoch`` (0-based) only names the epoch in
+    the progress bar and in errors.
     """
     from tqdm import tqdm
 
     model.train()
-    if classifier is not None:
-        classifier.train()
+    for term in losses.values():
+        term.train()
     channels_last = device.type == "cuda"
     autocast = (
         torch.autocast(device_type=device.type, dtype=amp_dtype)
         if amp_dtype is not None
         else contextlib.nullcontext()
     )
-    totals = torch.zeros(len(LOSS_TERMS), dtype=torch.float64)
+    columns = [f"loss_{name}" for name in losses] + ["loss_total"]
+    totals = torch.zeros(len(columns), dtype=torch.float64)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", disable=not progress)
     iteration = 0
     for iteration, (images, positions) in enumerate(bar, start=1):
@@ -124,36 +113,38 @@ def train_epoch(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         positions = positions.to(device, non_blocking=True)
-        labels = targets.labels[positions]
         with autocast:
             features = model(images)
-        features = features.float()
-        contrastive = weighted_contrastive_loss(
-            memory.logits(features),
-            labels,
-            None if targets.weights is None else targets.weights[positions],
-        )
-        camera = torch.zeros((), device=device)
-        if classifier is not None:
-            camera = camera_domain_loss(classifier(features), targets.cameras[positions])
-        total = contrastive + beta * camera
-        terms = torch.stack([contrastive, camera, total]).detach().double().cpu()
+        batch = Batch(features.float(), positions, targets)
+        values = [term(batch) for term in losses.values()]
+        total = weighted_sum(values, [term.weight for term in losses.values()])
+        terms = torch.stack([*values, total]).detach().double().cpu()
         if not torch.isfinite(terms).all():
-            values = ", ".join(
-                f"{name} {value:.4g}"
-                for name, value in zip(LOSS_TERMS, terms.tolist(), strict=True)
+            shown = ", ".join(
+                f"{name} {value:.4g}" for name, value in zip(columns, terms.tolist(), strict=True)
             )
             raise PipelineError(
-                f"epoch {epoch + 1}, iteration {iteration}: loss is not finite ({values}); "
+                f"epoch {epoch + 1}, iteration {iteration}: loss is not finite ({shown}); "
                 "training stopped before the weights were changed. Lower --lr, or check the "
                 "inputs (images, labels, weights)"
             )
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        memory.update(features.detach(), labels)
+        stepped = Batch(batch.features.detach(), positions, targets)
+        for term in losses.values():
+            term.after_step(stepped)
         totals += terms
-        bar.set_postfix(loss=f"{terms[2].item():.3f}", refresh=False)
+        bar.set_postfix(loss=f"{terms[-1].item():.3f}", refresh=False)
     if iteration == 0:
         raise PipelineError(f"epoch {epoch + 1}: the loader yielded no batch")
-    return dict(zip(LOSS_TERMS, (totals / iteration).tolist(), strict=True))
+    return dict(zip(columns, (totals / iteration).tolist(), strict=True))
+
+
+def weighted_sum(values: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """Eq. 9: ``sum_i weight_i * value_i``, in order (a weight of 1 multiplies nothing)."""
+    total = None
+    for value, weight in zip(values, weights, strict=True):
+        term = value if weight == 1.0 else weight * value
+        total = term if total is None else total + term
+    return total

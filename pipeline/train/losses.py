@@ -1,19 +1,36 @@
 """Losses of both training stages: the (weighted) cluster contrastive loss and the camera
-domain loss behind a gradient reversal layer.
+domain loss behind a gradient reversal layer, as formulas and as the named loss terms that the
+training loop sums.
 
 - Eq. 3 / Eq. 6: cross-entropy of the similarities to the cluster memory over a temperature,
   each sample weighted by its cluster weight w_i (Eq. 6; all ones gives Eq. 3).
 - Eq. 7: the gradient reversal layer R_lambda, identity forward, -lambda * grad backward.
 - Eq. 8: the camera classifier D, an MLP on R_lambda(f(x)) trained with cross-entropy on the
   camera labels; through R_lambda the encoder is pushed to make cameras indistinguishable.
-- Eq. 9: L = L_inter + beta * L_domain (summed in the training loop).
+- Eq. 9: L = L_inter + beta * L_domain: the loop sums the terms, each times its ``weight``.
+
+A loss term (:class:`LossTerm`) is a module with a name, a weight in the total, and hooks: at
+the start of every epoch it sees the epoch's data (to rebuild a memory), each step it maps a
+:class:`Batch` to a scalar, and after the optimizer's step it may update its state. Its
+parameters (a classifier) are optimised with the model's and saved in the checkpoint under its
+name. :data:`LOSSES` holds every term by name, with the settings class that configures it (the
+config's ``inter.losses.<name>`` section; see docs/architecture.md for adding one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.errors import PipelineError
+from pipeline.settings import setting
+from pipeline.train.memory import ClusterMemory
 
 CLASSIFIER_HIDDEN = 256
 
@@ -80,3 +97,181 @@ def camera_domain_loss(logits: torch.Tensor, cameras: torch.Tensor) -> torch.Ten
     """Eq. 8, averaged over the batch: cross-entropy of the camera logits against the camera
     index of each sample (0..C-1, the position of its camid in the classifier's order)."""
     return F.cross_entropy(logits, cameras)
+
+
+# ---------------------------------------------------------------- loss terms
+@dataclass
+class EpochTargets:
+    """Per-position training targets of one epoch, on the training device."""
+
+    labels: torch.Tensor  # (N,) int64 pseudo label of each position, 0..K-1
+    cameras: torch.Tensor  # (N,) int64 camid of each position
+    weights: torch.Tensor | None = None  # (N,) float32 cluster weight (Eq. 6), None = Eq. 3
+
+
+@dataclass
+class Batch:
+    """One training step's embeddings and targets."""
+
+    features: torch.Tensor  # (B, D) float32 L2-normalised embeddings
+    positions: torch.Tensor  # (B,) positions in the epoch's training set
+    targets: EpochTargets
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # other model outputs
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.targets.labels[self.positions]
+
+    @property
+    def cameras(self) -> torch.Tensor:
+        return self.targets.cameras[self.positions]
+
+    @property
+    def weights(self) -> torch.Tensor | None:
+        weights = self.targets.weights
+        return None if weights is None else weights[self.positions]
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What a loss term may need to be built: the embedding size, the training cameras (sorted
+    camids) and the memory's momentum and temperature."""
+
+    feature_dim: int
+    camera_ids: tuple[int, ...]
+    momentum: float
+    temperature: float
+
+
+class LossTerm(nn.Module):
+    """A named term of the training loss (module docstring)."""
+
+    name: ClassVar[str]
+    options: ClassVar[type | None] = None  # its settings class, None = not configurable
+    weight: float = 1.0
+
+    @classmethod
+    def build(cls, options, context: LossContext) -> LossTerm | None:
+        """The term for these settings, or None when they switch it off."""
+        raise NotImplementedError
+
+    def start_epoch(self, features: torch.Tensor, targets: EpochTargets) -> None:
+        """Called with the epoch's embeddings (N, D) by the current model and its targets."""
+
+    def after_step(self, batch: Batch) -> None:
+        """Called after the optimizer's step, with the step's (detached) batch."""
+
+
+@dataclass(frozen=True)
+class ContrastiveOptions:
+    """The cluster contrastive loss against the cluster memory (Eq. 1-3, 6)."""
+
+    cluster_weights: bool = setting(
+        True,
+        "weight each sample by its cluster's camera entropy, w = ln(1 + H) (Eq. 6, the labels' "
+        "weight column); off: Eq. 3",
+        flag="--cluster-weights",
+    )
+
+
+class ClusterContrastLoss(LossTerm):
+    """Eq. 3 / Eq. 6 against a cluster memory rebuilt every epoch and moved after every step
+    (Eq. 1-2)."""
+
+    name = "contrastive"
+    options = ContrastiveOptions
+
+    def __init__(self, momentum: float, temperature: float, weighted: bool) -> None:
+        super().__init__()
+        self.momentum, self.temperature, self.weighted = momentum, temperature, weighted
+        self.memory: ClusterMemory | None = None
+
+    @classmethod
+    def build(cls, options: ContrastiveOptions, context: LossContext) -> ClusterContrastLoss:
+        return cls(context.momentum, context.temperature, options.cluster_weights)
+
+    def start_epoch(self, features: torch.Tensor, targets: EpochTargets) -> None:
+        self.memory = ClusterMemory.from_features(
+            features, targets.labels, self.momentum, self.temperature
+        )
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        weights = batch.weights if self.weighted else None
+        return weighted_contrastive_loss(self.memory.logits(batch.features), batch.labels, weights)
+
+    def after_step(self, batch: Batch) -> None:
+        self.memory.update(batch.features, batch.labels)
+
+
+@dataclass(frozen=True)
+class CameraLossOptions:
+    """The camera classifier behind a gradient reversal layer (Eq. 7-9)."""
+
+    enabled: bool = setting(True, "train with the camera classifier", flag="--camera-loss")
+    beta: float = setting(1.0, "weight beta of the camera loss in the total (Eq. 9)", minimum=0)
+    grl_lambda: float = setting(
+        1.0,
+        "gradient reversal coefficient lambda (Eq. 7; the paper: 1). From random weights a "
+        "smaller value keeps the encoder from outpacing the classifier",
+        minimum=0,
+    )
+
+
+class CameraAdversarialLoss(LossTerm):
+    """Eq. 8: cross-entropy of the camera classifier D on R_lambda(f(x)), weighted by beta."""
+
+    name = "camera"
+    options = CameraLossOptions
+
+    def __init__(self, feature_dim: int, camera_ids: Sequence[int], beta: float, grl_lambda: float):
+        super().__init__()
+        self.camera_ids = tuple(int(c) for c in camera_ids)
+        self.weight = beta
+        self.classifier = CameraClassifier(feature_dim, len(self.camera_ids), grl_lambda)
+        self.camera_index: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, options: CameraLossOptions, context: LossContext):
+        if not options.enabled:
+            return None
+        return cls(context.feature_dim, context.camera_ids, options.beta, options.grl_lambda)
+
+    def start_epoch(self, features: torch.Tensor, targets: EpochTargets) -> None:
+        index = camera_positions(targets.cameras.cpu().numpy(), self.camera_ids)
+        self.camera_index = torch.as_tensor(index, device=targets.cameras.device)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return camera_domain_loss(
+            self.classifier(batch.features), self.camera_index[batch.positions]
+        )
+
+    def get_extra_state(self) -> dict:
+        return {"camera_ids": list(self.camera_ids)}
+
+    def set_extra_state(self, state: dict) -> None:
+        if list(state["camera_ids"]) != list(self.camera_ids):
+            raise PipelineError(
+                f"--init's camera classifier knows cameras {list(state['camera_ids'])} but the "
+                f"index's training split has {list(self.camera_ids)}; start from init-model's "
+                "checkpoint for a new dataset"
+            )
+
+
+def camera_positions(cameras: np.ndarray, camera_ids: Sequence[int]) -> np.ndarray:
+    """Position of each camid in ``camera_ids`` (the classifier's classes)."""
+    import pandas as pd
+
+    index = pd.Index(camera_ids).get_indexer(cameras)
+    unknown = index < 0
+    if unknown.any():
+        raise PipelineError(
+            f"camera(s) {sorted(set(np.asarray(cameras)[unknown].tolist()))} are not among the "
+            f"classifier's cameras {list(camera_ids)}"
+        )
+    return index
+
+
+# name -> loss term, in the order the total sums them
+LOSSES: dict[str, type[LossTerm]] = {
+    term.name: term for term in (ClusterContrastLoss, CameraAdversarialLoss)
+}

@@ -2,20 +2,53 @@
 
 Both training stages take the same options (``pipeline train-intra`` and ``train-inter``), with
 the defaults of the paper: Adam, lr 3.5e-4, weight decay 5e-4, lr x0.1 every 20 epochs, memory
-momentum 0.2 and temperature 0.1, batches of 16 identities x 4 instances.
+momentum 0.2 and temperature 0.1, batches of 16 identities x 4 instances. :class:`Optimisation`
+is the config's ``intra.train`` / ``inter.train`` section; a job's :class:`TrainOptions` adds the
+number of epochs, the input size, the device and the seed.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
+from pipeline import settings
+from pipeline.data.images import InputSize
 from pipeline.errors import PipelineError
+from pipeline.runtime import Device, Seed
+from pipeline.settings import setting
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """Optimisation of a training stage (P x K batches, Adam, cluster memory)."""
+
+    batch_size: int = setting(64, "batch size: identities x instances (P x K)", minimum=2)
+    instances: int = setting(4, "images per identity in a batch (K)", minimum=1)
+    iters: int = setting(0, "batches per epoch; 0 = one pass over the labelled samples", minimum=0)
+    lr: float = setting(3.5e-4, "Adam learning rate", exclusive_minimum=0)
+    weight_decay: float = setting(5e-4, "Adam weight decay", minimum=0)
+    step_size: int = setting(
+        20, "the learning rate is multiplied by 0.1 every this many epochs", minimum=1
+    )
+    momentum: float = setting(
+        0.2, "cluster memory momentum m (Eq. 2)", minimum=0, exclusive_maximum=1
+    )
+    temperature: float = setting(
+        0.1, "temperature tau of the contrastive loss (Eq. 1, 3, 6)", exclusive_minimum=0
+    )
+    workers: int = setting(
+        2,
+        "DataLoader worker processes that decode and augment training images (0: in the "
+        "training process itself; on 2 CPU cores 0 or 1 keep the model fed)",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """Optimisation settings of one job (the stage's command-line options)."""
+    """Everything a training job's loop needs: its epochs, the optimisation, the input size,
+    where it runs and its seed."""
 
     epochs: int
     height: int = 256
@@ -36,71 +69,27 @@ class TrainOptions:
 
     def check(self) -> None:
         """Fail naming the options whose values cannot work."""
-        rules = (
-            ("epochs", self.epochs >= 1, "at least 1"),
-            ("height", self.height >= 16, "at least 16"),
-            ("width", self.width >= 16, "at least 16"),
-            ("instances", self.instances >= 1, "at least 1"),
-            ("batch-size", self.batch_size >= self.instances, "at least --instances"),
-            ("iters", self.iters >= 0, "0 (one pass over the samples) or more"),
-            ("lr", self.lr > 0, "positive"),
-            ("weight-decay", self.weight_decay >= 0, "0 or more"),
-            ("step-size", self.step_size >= 1, "at least 1"),
-            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-            ("temperature", self.temperature > 0, "positive"),
-            ("workers", self.workers >= 0, "0 or more"),
-        )
-        bad = [f"--{name} must be {rule}" for name, ok, rule in rules if not ok]
-        if bad:
-            raise PipelineError("; ".join(bad))
+        values = asdict(self)
+        problems = ["--epochs must be 1 or more"] if self.epochs < 1 else []
+        for part in (Optimisation, InputSize):
+            names = {field.name for field in fields(part)}
+            problems += settings.violations(
+                part, {k: v for k, v in values.items() if k in names}, where=lambda s: s.flag
+            )
+        if self.batch_size < self.instances:
+            problems.append("--batch-size must be at least --instances")
+        if problems:
+            raise PipelineError("; ".join(problems))
+
+
+PARTS = (Optimisation, InputSize, Device, Seed)
 
 
 def add_arguments(parser: argparse.ArgumentParser, epochs_help: str) -> None:
-    """The optimisation options shared by both training stages."""
-    defaults = TrainOptions(epochs=0)
-    group = parser.add_argument_group("optimisation")
-    group.add_argument("--epochs", type=int, required=True, help=epochs_help)
-    group.add_argument("--height", type=int, default=defaults.height, help="input height (px)")
-    group.add_argument("--width", type=int, default=defaults.width, help="input width (px)")
-    group.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="identities x instances"
-    )
-    group.add_argument(
-        "--instances", type=int, default=defaults.instances, help="images per identity (K)"
-    )
-    group.add_argument(
-        "--iters",
-        type=int,
-        default=defaults.iters,
-        help="batches per epoch; 0 = one pass over the labelled samples",
-    )
-    group.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
-    group.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    group.add_argument(
-        "--step-size", type=int, default=defaults.step_size, help="lr x0.1 every this many epochs"
-    )
-    group.add_argument(
-        "--momentum",
-        type=float,
-        default=defaults.momentum,
-        help="cluster memory momentum m (Eq. 2)",
-    )
-    group.add_argument(
-        "--temperature",
-        type=float,
-        default=defaults.temperature,
-        help="temperature tau of the contrastive loss (Eq. 3, 6)",
-    )
-    group.add_argument(
-        "--workers", type=int, default=defaults.workers, help="DataLoader worker processes"
-    )
-    group.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | cuda:<n>")
-    group.add_argument("--seed", type=int, default=defaults.seed, help="seed of every random draw")
-    group.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="deterministic kernels only: bitwise repeatable, somewhat slower",
-    )
+    """The options shared by both training stages: epochs, optimisation, input, device, seed."""
+    parser.add_argument("--epochs", type=int, required=True, help=epochs_help)
+    for part, title in zip(PARTS, ("optimisation", "input", "device", "seed"), strict=True):
+        settings.add_arguments(parser, part, title)
 
 
 def job_from_args(args: argparse.Namespace, inputs: dict[str, str]) -> dict:
@@ -114,6 +103,11 @@ def job_from_args(args: argparse.Namespace, inputs: dict[str, str]) -> dict:
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
-    """The :class:`TrainOptions` named by parsed arguments (``progress`` stays on)."""
-    names = [f.name for f in fields(TrainOptions) if f.name != "progress"]
-    return TrainOptions(**{name: getattr(args, name) for name in names})
+    """The :class:`TrainOptions` named by parsed arguments (``progress`` stays on), each value
+    checked against its setting's bounds."""
+    values = {"epochs": args.epochs}
+    for part in PARTS:
+        values.update(asdict(settings.from_args(part, args)))
+    options = TrainOptions(**values)
+    options.check()
+    return options

@@ -5,8 +5,9 @@ epoch's pseudo labels (stage 1: this epoch's agglomerative clusters; stage 2: th
 the cluster memory is rebuilt from those features (Eq. 1-2), one epoch is trained, the scheduler
 steps, and the job's state is written atomically to ``<out>.partial.pt`` with a row of the log.
 
-A partial checkpoint holds the model, optimizer, scheduler, camera classifier, epoch counter,
-every random state (:mod:`pipeline.train.state`) and the history, plus a hash of the job's
+A partial checkpoint holds the model, optimizer, scheduler, loss terms (the camera classifier),
+epoch counter, every random state (:mod:`pipeline.train.state`) and the history, plus a hash of
+the job's
 arguments: a rerun of the same job resumes from its last completed epoch and ends with exactly
 the result of an uninterrupted run; a partial file of another job is ignored. :func:`finish`
 writes the final checkpoint and removes the partial file. The delivered model is always the
@@ -31,35 +32,25 @@ from pipeline.features.extract import extract_embeddings, resolve_amp, resolve_d
 from pipeline.io import write_table
 from pipeline.models import ReIDModel
 from pipeline.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.runtime import set_determinism
 from pipeline.train.loop import (
-    EpochTargets,
     build_optimizer,
     build_scheduler,
     make_train_loader,
     train_epoch,
 )
-from pipeline.train.losses import CameraClassifier
-from pipeline.train.memory import ClusterMemory
+from pipeline.train.losses import EpochTargets, LossContext, LossTerm
 from pipeline.train.options import TrainOptions
 from pipeline.train.state import (
-    capture_rng,
+    Checkpointer,
+    LossStates,
+    RandomState,
     job_hash,
     job_seed,
-    restore_rng,
     seed_everything,
-    set_determinism,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CameraLoss:
-    """The camera classifier of stage 2 (Eq. 7-9): camids in classifier order, beta, lambda."""
-
-    camera_ids: tuple[int, ...]
-    beta: float = 1.0
-    grl_lambda: float = 1.0
 
 
 @dataclass
@@ -83,6 +74,9 @@ class TrainResult:
 
 
 PrepareEpoch = Callable[[ReIDModel, int], EpochData]
+# builds the job's loss terms by name, once the model exists (their parameters draw random
+# numbers, after the model's, so that a seed gives the same initialisation every time)
+BuildLosses = Callable[[LossContext], dict[str, LossTerm]]
 
 
 def partial_path(out_checkpoint: str | os.PathLike) -> Path:
@@ -113,7 +107,7 @@ class _TrainingState:
         stage: str,
         meta: dict,
         model: ReIDModel,
-        camera_loss: CameraLoss | None,
+        losses: dict[str, LossTerm],
         options: TrainOptions,
         generator: torch.Generator,
         pretrained: str,
@@ -123,14 +117,10 @@ class _TrainingState:
         self.device = resolve_device(options.device)
         self.amp_dtype = resolve_amp("auto", self.device)
         self.model = model.to(self.device)
-        self.camera_loss = camera_loss
-        self.classifier = None
+        self.losses = {name: term.to(self.device) for name, term in losses.items()}
         params = [p for p in model.parameters() if p.requires_grad]
-        if camera_loss is not None:
-            self.classifier = CameraClassifier(
-                model.feature_dim, len(camera_loss.camera_ids), camera_loss.grl_lambda
-            ).to(self.device)
-            params += list(self.classifier.parameters())
+        for term in self.losses.values():
+            params += list(term.parameters())
         self.optimizer = build_optimizer(params, options.lr, options.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, options.step_size)
         self.generator = generator
@@ -138,13 +128,20 @@ class _TrainingState:
         self.fingerprint = fingerprint
         self.epoch = 0
         self.history: list[dict] = []
+        self.checkpointer = Checkpointer(
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            losses=LossStates(self.losses),
+            rng=RandomState(generator),
+        )
 
-    def load(self, state: dict) -> None:
-        """Carry on from a checkpoint's optimizer, scheduler, classifier, epoch and history."""
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.classifier is not None:
-            self.classifier.load_state_dict(state["camera_classifier"])
+    def load(self, state: dict, *, rng: bool) -> None:
+        """Carry on from a checkpoint's optimizer, scheduler, loss terms, epoch and history (and
+        with ``rng`` its random state: a resumed job, not the next round)."""
+        self.checkpointer.restore(
+            state, ("optimizer", "scheduler", "losses") + (("rng",) if rng else ())
+        )
         self.epoch = state["epoch"]
         self.history = list(state["history"])
 
@@ -154,32 +151,30 @@ class _TrainingState:
             "stage": self.stage,
             **self.meta,
             "model_config": self.model.config,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "camera_classifier": None if self.classifier is None else self.classifier.state_dict(),
-            "camera_ids": None if self.camera_loss is None else list(self.camera_loss.camera_ids),
+            **self.checkpointer.state(),
             "pretrained": self.pretrained,
             "epoch": self.epoch,
-            "rng": capture_rng(self.generator),
             "history": self.history,
             "job_hash": self.fingerprint,
         }
 
     def train_epoch(self, data: EpochData, paths: list[str], cameras: np.ndarray) -> dict:
-        """Rebuild the memory from ``data``, train one epoch, step the scheduler; the log row."""
+        """Start every loss term on ``data``, train one epoch, step the scheduler; the log row."""
         started = time.monotonic()
         device, options = self.device, self.options
         self.model.to(
             memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format
         )
-        labels = torch.as_tensor(data.labels, dtype=torch.int64, device=device)
-        memory = ClusterMemory.from_features(
-            torch.as_tensor(data.features, device=device),
-            labels,
-            options.momentum,
-            options.temperature,
+        targets = EpochTargets(
+            labels=torch.as_tensor(data.labels, dtype=torch.int64, device=device),
+            cameras=torch.as_tensor(cameras, dtype=torch.int64, device=device),
+            weights=None
+            if data.weights is None
+            else torch.as_tensor(data.weights, device=device).float(),
         )
+        features = torch.as_tensor(data.features, device=device)
+        for term in self.losses.values():
+            term.start_epoch(features, targets)
         loader = make_train_loader(
             paths,
             data.labels,
@@ -193,27 +188,15 @@ class _TrainingState:
             generator=self.generator,
             pin_memory=device.type == "cuda",
         )
-        weights = data.weights
-        targets = EpochTargets(
-            labels=labels,
-            weights=None if weights is None else torch.as_tensor(weights, device=device).float(),
-            cameras=None
-            if self.camera_loss is None
-            else torch.as_tensor(
-                _camera_index(cameras, self.camera_loss.camera_ids), device=device
-            ),
-        )
         lr = self.optimizer.param_groups[0]["lr"]
         losses = train_epoch(
             self.model,
-            memory,
+            self.losses,
             loader,
             self.optimizer,
             targets,
             device=device,
             amp_dtype=self.amp_dtype,
-            classifier=self.classifier,
-            beta=0.0 if self.camera_loss is None else self.camera_loss.beta,
             epoch=self.epoch,
             progress=options.progress,
         )
@@ -225,7 +208,7 @@ class _TrainingState:
             **self.meta,
             **losses,
             "lr": lr,
-            "n_clusters": len(memory),
+            "n_clusters": int(data.labels.max()) + 1,
             "n_train_samples": len(paths),
             **data.stats,
             "seconds": round(time.monotonic() - started, 3),
@@ -242,18 +225,21 @@ def train(
     init_state: dict,
     options: TrainOptions,
     prepare_epoch: PrepareEpoch,
+    build_losses: BuildLosses,
+    camera_ids: Sequence[int],
     out_checkpoint: str | os.PathLike,
     log_path: str | os.PathLike,
     job: dict,
-    camera_loss: CameraLoss | None = None,
     continue_from_init: bool = False,
     meta: dict | None = None,
 ) -> TrainResult:
     """Train ``options.epochs`` epochs on the images ``paths`` (with camids ``cameras``).
 
     The job starts from ``init_state`` (a checkpoint dict): its weights only, or with
-    ``continue_from_init`` also its optimizer, scheduler, camera classifier, epoch counter and
-    history when it holds them (a previous round of stage 2). ``job`` (JSON-serialisable)
+    ``continue_from_init`` also its optimizer, scheduler, loss terms, epoch counter and history
+    when it holds them (a previous round of stage 2). ``build_losses`` makes the job's loss
+    terms (:mod:`pipeline.train.losses`) once the model is built; ``camera_ids`` are the
+    training split's cameras (the camera classifier's classes). ``job`` (JSON-serialisable)
     identifies the job for resuming; ``stage`` and ``meta`` (e.g. the camera) are stored in
     every checkpoint and log row.
     """
@@ -261,8 +247,6 @@ def train(
     set_determinism(options.deterministic)
     fingerprint = job_hash(job)
     source = init_state if continue_from_init and "optimizer" in init_state else None
-    if source is not None:
-        _check_continuation(init_state, camera_loss)
     end_epoch = (source["epoch"] if source is not None else 0) + options.epochs
     partial = partial_path(out_checkpoint)
     resumed = _resumable(partial, fingerprint)
@@ -273,37 +257,42 @@ def train(
     generator = torch.Generator()
     if resumed is None:
         seed_everything(job_seed(options.seed, source["epoch"] if source else 0), generator)
+    model = model_from_checkpoint(resumed or init_state)
+    cameras = np.asarray(cameras, dtype=np.int64)
+    context = LossContext(
+        feature_dim=model.feature_dim,
+        camera_ids=tuple(int(camera) for camera in camera_ids),
+        momentum=options.momentum,
+        temperature=options.temperature,
+    )
     state = _TrainingState(
         stage=stage,
         meta=dict(meta or {}),
-        model=model_from_checkpoint(resumed or init_state),
-        camera_loss=camera_loss,
+        model=model,
+        losses=build_losses(context),
         options=options,
         generator=generator,
         pretrained=init_state.get("pretrained", "none"),
         fingerprint=fingerprint,
     )
     if source is not None:
-        state.load(source)
-    if resumed is not None:
-        # after building the classifier, whose initialisation draws random numbers
-        restore_rng(resumed["rng"], generator)
+        _check_continuation(source, state.losses)
+        # after building the loss terms, whose initialisation draws random numbers
+        state.load(source, rng=resumed is not None)
 
     paths = list(paths)
-    cameras = np.asarray(cameras, dtype=np.int64)
     while state.epoch < end_epoch:
         row = state.train_epoch(prepare_epoch(state.model, state.epoch), paths, cameras)
         save_checkpoint(partial, state.snapshot())
         write_log(state.history, log_path)
+        terms = ", ".join(f"{name} {row[f'loss_{name}']:.4f}" for name in state.losses)
         log.info(
-            "%s epoch %d/%d: loss %.4f (contrastive %.4f, camera %.4f), %d clusters, "
-            "%d samples, %.1f s",
+            "%s epoch %d/%d: loss %.4f (%s), %d clusters, %d samples, %.1f s",
             stage,
             state.epoch,
             end_epoch,
             row["loss_total"],
-            row["loss_contrastive"],
-            row["loss_camera"],
+            terms,
             row["n_clusters"],
             row["n_train_samples"],
             row["seconds"],
@@ -339,33 +328,13 @@ def _resumable(partial: Path, fingerprint: str) -> dict | None:
     return state
 
 
-def _check_continuation(init_state: dict, camera_loss: CameraLoss | None) -> None:
-    """A previous round's checkpoint must have the same camera classifier as this job."""
-    has_classifier = init_state.get("camera_classifier") is not None
-    if has_classifier != (camera_loss is not None):
+def _check_continuation(source: dict, losses: dict[str, LossTerm]) -> None:
+    """A checkpoint carried on (a previous round, or this job's partial one) must have been
+    trained with the same loss terms as this job."""
+    trained = list(source.get("losses", {}))
+    if trained != list(losses):
         raise PipelineError(
-            "--init is a checkpoint trained "
-            + ("with" if has_classifier else "without")
-            + " the camera classifier but this job trains "
-            + ("with" if camera_loss is not None else "without")
-            + " it; continue with the same --camera-loss setting or start from init-model's "
-            "checkpoint"
+            f"--init is a checkpoint trained with the loss terms {trained} but this job trains "
+            f"{list(losses)}; continue with the same loss settings (e.g. --camera-loss) or start "
+            "from init-model's checkpoint"
         )
-    if has_classifier and list(init_state["camera_ids"]) != list(camera_loss.camera_ids):
-        raise PipelineError(
-            f"--init's camera classifier knows cameras {list(init_state['camera_ids'])} but the "
-            f"index's training split has {list(camera_loss.camera_ids)}; start from "
-            "init-model's checkpoint for a new dataset"
-        )
-
-
-def _camera_index(cameras: np.ndarray, camera_ids: Sequence[int]) -> np.ndarray:
-    """Position of each camid in ``camera_ids`` (the classifier's classes)."""
-    index = pd.Index(camera_ids).get_indexer(cameras)
-    unknown = index < 0
-    if unknown.any():
-        raise PipelineError(
-            f"camera(s) {sorted(set(np.asarray(cameras)[unknown].tolist()))} are not among the "
-            f"classifier's cameras {list(camera_ids)}"
-        )
-    return index

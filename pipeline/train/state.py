@@ -1,4 +1,5 @@
-"""Random-number state and determinism: what a checkpoint must hold for an exact resume.
+"""Random-number state, determinism and the checkpointer: what a checkpoint must hold for an
+exact resume.
 
 A training job draws random numbers from Python's ``random``, numpy's global generator, torch's
 CPU and CUDA generators, and one ``torch.Generator`` that feeds the identity sampler and the
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 
 import numpy as np
@@ -85,17 +85,59 @@ def _as_tuples(value):
     return value
 
 
-def set_determinism(enabled: bool) -> None:
-    """Deterministic kernels only (and no cuDNN autotuning) when ``enabled``: bitwise repeatable
-    runs at some cost in speed. On CUDA this needs a fixed cuBLAS workspace, set here."""
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.deterministic = enabled
-    torch.backends.cudnn.benchmark = not enabled
-
-
 def job_hash(job: dict) -> str:
     """A fingerprint of a job's arguments (JSON-serialisable values): a partial checkpoint is
     resumed only by the job that wrote it."""
     return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class RandomState:
+    """Every random state of a job (:func:`capture_rng`) as a checkpointable object."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> dict:
+        return capture_rng(self.generator)
+
+    def load_state_dict(self, state: dict) -> None:
+        restore_rng(state, self.generator)
+
+
+class LossStates:
+    """The loss terms of a job (name -> module) as one checkpointable object: each term's
+    state (a classifier's weights, its cameras) under its name."""
+
+    def __init__(self, losses: dict) -> None:
+        self.losses = losses
+
+    def state_dict(self) -> dict:
+        return {name: term.state_dict() for name, term in self.losses.items()}
+
+    def load_state_dict(self, states: dict) -> None:
+        for name, term in self.losses.items():
+            term.load_state_dict(states[name])
+
+
+class Checkpointer:
+    """Saves and restores the objects it is given, by name.
+
+    Each object has ``state_dict()`` and ``load_state_dict(state)`` (a model, an optimizer, a
+    scheduler, :class:`LossStates`, :class:`RandomState`); the checkpoint holds each state
+    under the object's name, as plain data that ``torch.load(weights_only=True)`` reads.
+    """
+
+    def __init__(self, **objects) -> None:
+        self.objects = objects
+
+    def state(self) -> dict:
+        return {name: item.state_dict() for name, item in self.objects.items()}
+
+    def restore(self, state: dict, names) -> None:
+        """Load the states of ``names`` (in that order) from ``state``."""
+        from pipeline.errors import PipelineError
+
+        for name in names:
+            if name not in state:
+                raise PipelineError(f"the checkpoint holds no {name!r} to carry on from")
+            self.objects[name].load_state_dict(state[name])

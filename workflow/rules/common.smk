@@ -1,6 +1,7 @@
 # Configuration, paths and input helpers shared by every rule file.
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -8,38 +9,68 @@ import pandas as pd
 from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
-from pipeline.config import deep_merge, validate_config  # noqa: E402
+from pipeline.config import command_line, deep_merge, load_schema, validate_config  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.sources import code_hash  # noqa: E402
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
+# the config schema, references inlined: a section's schema names each key's command-line flag
+CONFIG_SCHEMA = load_schema(SCHEMAS / "config.schema.yaml")
+# names the workflow writes at the top of <results>: no experiment may take them
+RESERVED_NAMES = ("shared", "logs", "benchmarks", "demo-data", "initial")
+
+
+def check_results_folder(results: str) -> str:
+    """The results folder, refused when it is the filesystem root or holds the project."""
+    where = Path(os.path.abspath(results))
+    project = Path(workflow.basedir).resolve()
+    if not results.strip() or where.resolve() == Path(where.anchor):
+        raise PipelineError(f"results {results!r}: the results folder cannot be the filesystem root")
+    if where.resolve() in (project, *project.parents) or any(
+        where.resolve() == project / name or project / name in where.resolve().parents
+        for name in ("pipeline", "workflow", "tests", "config", "envs", "profiles", "docs")
+    ):
+        raise PipelineError(
+            f"results {results!r} resolves to {where.resolve()}, inside the project's own "
+            "folders or above them; choose a folder of its own, such as results/<name>"
+        )
+    return results.rstrip("/") or results
+
+
 try:
     _validated = validate_config(
-        config,
-        SCHEMAS / "config.schema.yaml",
-        source=", ".join(map(str, workflow.configfiles)) or "config",
+        config, CONFIG_SCHEMA, source=", ".join(map(str, workflow.configfiles)) or "config"
     )
     EXPERIMENTS = {
         name: validate_config(
             deep_merge(_validated["inter"], overrides),
-            SCHEMAS / "inter.schema.yaml",
+            CONFIG_SCHEMA["properties"]["inter"],
             source=f"experiments.{name}",
         )
         for name, overrides in _validated["experiments"].items()
     }
+    _reserved = sorted(set(EXPERIMENTS) & set(RESERVED_NAMES))
+    if _reserved:
+        raise PipelineError(
+            f"experiment name(s) {', '.join(_reserved)} are the workflow's own folder or row "
+            f"names ({', '.join(RESERVED_NAMES)}); rename the experiment(s)"
+        )
+    RESULTS = check_results_folder(_validated["results"])
 except PipelineError as error:
     raise WorkflowError(f"Invalid configuration: {error}") from None
 config.clear()
 config.update(_validated)
 
-RESULTS = config["results"].rstrip("/")
 SHARED = f"{RESULTS}/shared"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 INDEX = f"{SHARED}/index.csv"
 INIT_MODEL = f"{SHARED}/model_init.pt"
-LOCAL_LABELS = f"{SHARED}/intra/local_labels.csv"
 COMPARISON = f"{RESULTS}/comparison.csv"
 ENV = "../../envs/pipeline.yaml"
+# Replicates: every experiment runs once per seed; the index, the initial model and its
+# features do not depend on the seed and are shared.
+SEEDS = [config["seed"]]
 
 # Every rule runs `python -m pipeline <stage>`. The package is found through PYTHONPATH, and
 # `python` is the conda environment's under --use-conda (or --sdm conda), else the python that
@@ -61,31 +92,35 @@ if not GPU and "OMP_WAIT_POLICY" not in _environment:
 
 wildcard_constraints:
     exp="|".join(map(str, EXPERIMENTS)),
+    seed=r"\d+",
     r=r"\d+",
     cam=r"\d+",
     split="train|query|gallery",
 
 
-def code(*parts):
-    """The package sources a stage runs, as inputs: editing them reruns the stage."""
-    root = Path(workflow.basedir) / "pipeline"
-    files = []
-    for part in ("cli.py", "io.py", "errors.py", *parts):
-        path = root / part
-        files += sorted(map(str, path.glob("*.py"))) if path.is_dir() else [str(path)]
-    return files
+def code(stage):
+    """The content hash of the code `pipeline <stage>` runs (pipeline/sources.py): a parameter
+    of the stage's rule, so that editing that code, and only that code, reruns the stage."""
+    return code_hash(workflow.basedir, "pipeline.stages." + stage)
 
 
-def options(**values):
-    """Command-line options from keyword values: `flag=True` -> --flag, False -> --no-flag."""
-    words = []
-    for key, value in values.items():
-        name = key.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(f"--{name}" if value else f"--no-{name}")
-        elif value is not None:
-            words.append(f"--{name} {value}")
-    return " ".join(words)
+def cli(values, *path, only=None):
+    """The options that pass ``values``, the config section at ``path`` (e.g. "inter",
+    "refine"; none: top-level keys), to a stage, quoted for the shell: each key's flag comes
+    from the section's schema, that is from the stage's settings class."""
+    section = CONFIG_SCHEMA
+    for key in path:
+        section = section["properties"][key]
+    return command_line(values, section, only)
+
+
+def runtime(*keys):
+    """Options from the config's top-level keys (seed, device, deterministic)."""
+    return cli({key: config[key] for key in keys})
+
+
+def quoted(*paths):
+    return " ".join(shlex.quote(str(path)) for path in paths)
 
 
 # ---------------------------------------------------------------- dataset and cameras
@@ -103,8 +138,12 @@ def cameras():
     return sorted(index.loc[index["split"] == "train", "camid"].unique().tolist())
 
 
-def local_label_tables(wildcards=None):
-    return [f"{SHARED}/intra/cam{cam}/local_labels.csv" for cam in cameras()]
+def intra_dir(seed):
+    return f"{SHARED}/seed{seed}/intra"
+
+
+def local_label_tables(wildcards):
+    return [f"{intra_dir(wildcards.seed)}/cam{cam}/local_labels.csv" for cam in cameras()]
 
 
 # ---------------------------------------------------------------- rounds of stage 2
@@ -122,65 +161,73 @@ def round_epochs(exp, r):
     return min(settings["epochs_per_round"], settings["epochs"] - first_epoch(exp, r))
 
 
-def model_before_round(exp, r):
+def run_dir(exp, seed):
+    return f"{RESULTS}/{exp}/seed{seed}"
+
+
+def model_before_round(exp, seed, r):
     """Checkpoint (without .pt) that round r starts from: the initial model, or round r-1's."""
     r = int(r)
-    return f"{SHARED}/model_init" if r == 0 else f"{RESULTS}/{exp}/round{r - 1}/model"
+    return f"{SHARED}/model_init" if r == 0 else f"{run_dir(exp, seed)}/round{r - 1}/model"
 
 
-def final_model(exp):
-    return f"{RESULTS}/{exp}/round{n_rounds(exp) - 1}/model"
+def final_model(exp, seed):
+    return f"{run_dir(exp, seed)}/round{n_rounds(exp) - 1}/model"
 
 
 def round_features(wildcards):
-    return f"{model_before_round(wildcards.exp, wildcards.r)}.train.h5"
+    return f"{model_before_round(wildcards.exp, wildcards.seed, wildcards.r)}.train.h5"
 
 
 def refine_local_labels(wildcards):
     """Stage 1's labels of all cameras in one table (a fixed path: no checkpoint lookup here,
     so that the refinement's inputs are known when its round's group job is formed)."""
     mode = EXPERIMENTS[wildcards.exp]["refine"]["mode"]
-    return [] if mode == "none" else [LOCAL_LABELS]
+    return [] if mode == "none" else [f"{intra_dir(wildcards.seed)}/local_labels.csv"]
 
 
 def round_files(name):
     def files(wildcards):
-        return [f"{RESULTS}/{wildcards.exp}/round{r}/{name}" for r in range(n_rounds(wildcards.exp))]
+        return [
+            f"{run_dir(wildcards.exp, wildcards.seed)}/round{r}/{name}"
+            for r in range(n_rounds(wildcards.exp))
+        ]
 
     return files
 
 
-def refine_options(exp, r):
-    """Options of round r's refinement; without refinement, only that (so that changing the
-    unused refinement settings of such an experiment reruns nothing)."""
-    refine = EXPERIMENTS[exp]["refine"]
-    floor = EXPERIMENTS[exp]["weight_floor"] if EXPERIMENTS[exp]["cluster_weights"] else None
+def clusterer_options(exp):
+    """The chosen global clusterer and its own settings only (so that changing another
+    clusterer's settings reruns nothing)."""
+    clusterer = EXPERIMENTS[exp]["clusterer"]
+    name = clusterer["name"]
+    return f"--method {name} " + cli(clusterer[name], "inter", "clusterer", name)
+
+
+def refine_options(exp, seed, r):
+    """Options of round r's refinement; without refinement only the mode (so that changing the
+    unused refinement settings of such an experiment reruns nothing), and the weight floor only
+    when the cluster weights are used."""
+    settings = EXPERIMENTS[exp]
+    refine = dict(settings["refine"])
+    if not settings["losses"]["contrastive"]["cluster_weights"]:
+        refine.pop("weight_floor")
     if refine["mode"] == "none":
-        return options(mode="none", weight_floor=floor)
-    return options(
-        mode=refine["mode"],
-        weight_floor=floor,
-        schedule=refine["schedule"],
-        p0=refine["p0"],
-        pivot_k=refine["pivot_k"],
-        epoch=first_epoch(exp, r),
-        total_epochs=EXPERIMENTS[exp]["epochs"],
-        seed=config["model"]["seed"] + int(r),
+        return cli(refine, "inter", "refine", only=("mode", "weight_floor"))
+    return " ".join(
+        [
+            cli(refine, "inter", "refine"),
+            cli({"knn": settings["knn"]}, "inter"),
+            cli({"seed": int(seed) + int(r)}),
+            f"--epoch {first_epoch(exp, r)} --total-epochs {settings['epochs']}",
+        ]
     )
 
 
-# ---------------------------------------------------------------- evaluation
-def experiment_of(model):
-    """Row label of a checkpoint in the comparison: its experiment, or `initial`."""
-    return "initial" if model.endswith("model_init") else Path(model).parent.parent.name
-
-
-def epoch_of(model):
-    if model.endswith("model_init"):
-        return 0
-    exp = experiment_of(model)
-    r = int(Path(model).parent.name.removeprefix("round"))
-    return first_epoch(exp, r) + round_epochs(exp, r)
+def loss_options(exp):
+    """Each loss term's settings (pipeline/train/losses.py), from its section of the config."""
+    losses = EXPERIMENTS[exp]["losses"]
+    return " ".join(cli(values, "inter", "losses", name) for name, values in losses.items())
 
 
 def print_comparison():

@@ -4,12 +4,9 @@
 rule demo_data:
     output:
         directory(f"{RESULTS}/demo-data"),
-    input:
-        code("stages/demo_data.py", "data"),
     params:
-        seed=config["dataset"]["demo_seed"],
-        identities=config["dataset"]["demo_identities"],
-        cameras=config["dataset"]["demo_cameras"],
+        code=code("demo_data"),
+        opts=cli(config["demo"], "demo"),
     log:
         f"{LOGS}/demo_data.log",
     benchmark:
@@ -21,19 +18,17 @@ rule demo_data:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m pipeline demo-data --out {output} --seed {params.seed}"
-        " --identities {params.identities} --cameras {params.cameras} > {log} 2>&1"
+        "python -m pipeline demo-data --out {output:q} {params.opts} > {log:q} 2>&1"
 
 
 checkpoint index:
     output:
         index=INDEX,
     input:
-        code("stages/index.py", "data"),
         root=dataset_root(),
     params:
-        dataset="market1501" if config["dataset"]["name"] == "demo" else config["dataset"]["name"],
-        min_images=config["dataset"]["min_images_per_camera"],
+        code=code("index"),
+        opts=lambda w, input: cli({**config["dataset"], "root": input.root}, "dataset"),
     log:
         f"{LOGS}/index.log",
     benchmark:
@@ -45,8 +40,7 @@ checkpoint index:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m pipeline index --dataset {params.dataset} --root {input.root} --out {output.index}"
-        " --min-images-per-camera {params.min_images} > {log} 2>&1"
+        "python -m pipeline index {params.opts} --out {output.index:q} > {log:q} 2>&1"
 
 
 rule init_model:
@@ -55,25 +49,17 @@ rule init_model:
     output:
         INIT_MODEL,
     input:
-        code("stages/init_model.py", "models", "data/images.py"),
         index=INDEX if CALIBRATE_BN else [],
     params:
-        opts=options(
-            arch=config["model"]["arch"],
-            pooling=config["model"]["pooling"],
-            last_stride=config["model"]["last_stride"],
-            pretrained=config["model"]["pretrained"],
-            weights_path=config["model"]["weights_path"],
-            seed=config["model"]["seed"],
-        ),
+        code=code("init_model"),
+        opts=cli(config["model"], "model") + " " + runtime("seed"),
         calibration=(
-            options(
-                calibrate_index=INDEX,
-                calibration_images=config["model"]["calibration_images"],
-                height=config["input"]["height"],
-                width=config["input"]["width"],
-                batch_size=config["extract"]["batch_size"],
-                device=config["device"],
+            " ".join(
+                [
+                    f"--calibrate-index {quoted(INDEX)}",
+                    cli(config["input"], "input"),
+                    runtime("device"),
+                ]
             )
             if CALIBRATE_BN
             else ""
@@ -90,7 +76,8 @@ rule init_model:
         runtime=30,
         gpu=GPU if CALIBRATE_BN else 0,
     shell:
-        "python -m pipeline init-model {params.opts} {params.calibration} --out {output} > {log} 2>&1"
+        "python -m pipeline init-model {params.opts} {params.calibration} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule extract:
@@ -98,18 +85,16 @@ rule extract:
     output:
         "{model}.{split}.h5",
     input:
-        code("stages/extract.py", "features", "models", "data/images.py"),
         index=INDEX,
         model="{model}.pt",
     params:
-        opts=options(
-            height=config["input"]["height"],
-            width=config["input"]["width"],
-            batch_size=config["extract"]["batch_size"],
-            workers=config["extract"]["workers"],
-            dtype=config["extract"]["dtype"],
-            device=config["device"],
-            flip=config["extract"]["flip"],
+        code=code("extract"),
+        opts=" ".join(
+            [
+                cli(config["extract"], "extract"),
+                cli(config["input"], "input"),
+                runtime("device", "deterministic"),
+            ]
         ),
     log:
         "{model}.{split}.extract.log",
@@ -119,11 +104,11 @@ rule extract:
         model=r".*model(_init)?",
     conda:
         ENV
-    threads: max(1, config["extract"]["workers"])
+    threads: max(1, config["extract"]["workers"] or 0)
     resources:
         mem_mb=8000,
         runtime=60,
         gpu=GPU,
     shell:
-        "python -m pipeline extract --index {input.index} --checkpoint {input.model} --split {wildcards.split}"
-        " {params.opts} --out {output} > {log} 2>&1"
+        "python -m pipeline extract --index {input.index:q} --checkpoint {input.model:q}"
+        " --split {wildcards.split} {params.opts} --out {output:q} > {log:q} 2>&1"

@@ -4,23 +4,18 @@
 
 
 rule evaluate:
+    """The metrics of one checkpoint; its experiment, epoch and seed come from the checkpoint
+    (recorded in the feature files by `pipeline extract`)."""
     output:
         "{model}.metrics.csv",
     input:
-        code("stages/evaluate.py", "evaluate", "features"),
         index=INDEX,
         query="{model}.query.h5",
         gallery="{model}.gallery.h5",
     params:
-        experiment=lambda w: experiment_of(w.model),
-        dataset=config["dataset"]["name"],
-        epoch=lambda w: epoch_of(w.model),
-        opts=options(
-            max_rank=config["evaluate"]["max_rank"],
-            k1=config["evaluate"]["k1"],
-            k2=config["evaluate"]["k2"],
-            lambda_value=config["evaluate"]["lambda_value"],
-            rerank=config["evaluate"]["rerank"],
+        code=code("evaluate"),
+        opts=" ".join(
+            [f"--dataset {quoted(config['dataset']['name'])}", cli(config["evaluate"], "evaluate")]
         ),
     log:
         "{model}.metrics.log",
@@ -35,10 +30,8 @@ rule evaluate:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m pipeline evaluate --index {input.index} --query-features {input.query}"
-        " --gallery-features {input.gallery} --experiment {params.experiment}"
-        " --dataset {params.dataset} --epoch {params.epoch} {params.opts}"
-        " --out {output} > {log} 2>&1"
+        "python -m pipeline evaluate --index {input.index:q} --query-features {input.query:q}"
+        " --gallery-features {input.gallery:q} {params.opts} --out {output:q} > {log:q} 2>&1"
 
 
 rule compare:
@@ -46,11 +39,11 @@ rule compare:
         table=report(COMPARISON, caption="../report/comparison.rst", category="Comparison"),
         markdown=f"{RESULTS}/comparison.md",
     input:
-        code("stages/compare.py"),
         metrics=[f"{INIT_MODEL.removesuffix('.pt')}.metrics.csv"]
-        + [f"{final_model(exp)}.metrics.csv" for exp in EXPERIMENTS],
+        + [f"{final_model(exp, seed)}.metrics.csv" for exp in EXPERIMENTS for seed in SEEDS],
     params:
-        config=workflow.configfiles[0] if workflow.configfiles else "config.yaml",
+        code=code("compare"),
+        config=quoted(workflow.configfiles[0] if workflow.configfiles else "config.yaml"),
     log:
         f"{LOGS}/compare.log",
     benchmark:
@@ -62,5 +55,5 @@ rule compare:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m pipeline compare --metrics {input.metrics} --out {output.table}"
-        " --markdown {output.markdown} --config {params.config} > {log} 2>&1"
+        "python -m pipeline compare --metrics {input.metrics:q} --out {output.table:q}"
+        " --markdown {output.markdown:q} --config {params.config} > {log:q} 2>&1"

@@ -1,21 +1,17 @@
 # Stage 1 (paper Sec. III-B): per camera, agglomerative clustering of the initial features,
 # then a separate encoder trained on that camera's own clusters (Eq. 3); its final clusters
-# are the local labels that stage 2 refines with.
+# are the local labels that stage 2 refines with. The first clustering depends on the initial
+# features only and is shared by every seed; the training is per seed.
 
 
 rule cluster_intra:
     output:
         f"{SHARED}/intra/cam{{cam}}/labels_init.csv",
     input:
-        code("stages/cluster_intra.py", "cluster", "features"),
         features=f"{SHARED}/model_init.train.h5",
     params:
-        opts=options(
-            ratio=config["intra"]["ratio"],
-            distance=config["intra"]["distance"],
-            k1=config["intra"]["k1"],
-            k2=config["intra"]["k2"],
-        ),
+        code=code("cluster_intra"),
+        opts=cli(config["intra"]["clustering"], "intra", "clustering"),
     log:
         f"{LOGS}/intra/cam{{cam}}.cluster.log",
     benchmark:
@@ -27,38 +23,35 @@ rule cluster_intra:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m pipeline cluster-intra --features {input.features} --camera {wildcards.cam}"
-        " {params.opts} --out {output} > {log} 2>&1"
+        "python -m pipeline cluster-intra --features {input.features:q} --camera {wildcards.cam}"
+        " {params.opts} --out {output:q} > {log:q} 2>&1"
 
 
 rule train_intra:
     output:
-        checkpoint=f"{SHARED}/intra/cam{{cam}}/encoder.pt",
-        labels=f"{SHARED}/intra/cam{{cam}}/local_labels.csv",
-        log=f"{SHARED}/intra/cam{{cam}}/train_log.csv",
+        checkpoint=f"{SHARED}/seed{{seed}}/intra/cam{{cam}}/encoder.pt",
+        labels=f"{SHARED}/seed{{seed}}/intra/cam{{cam}}/local_labels.csv",
+        log=f"{SHARED}/seed{{seed}}/intra/cam{{cam}}/train_log.csv",
     input:
-        code("stages/train_intra.py", "train", "cluster", "features", "models", "data"),
         index=INDEX,
         init=INIT_MODEL,
-        labels=f"{SHARED}/intra/cam{{cam}}/labels_init.csv",
+        labels=rules.cluster_intra.output[0],
     params:
-        opts=options(
-            epochs=config["intra"]["epochs"],
-            ratio=config["intra"]["ratio"],
-            distance=config["intra"]["distance"],
-            k1=config["intra"]["k1"],
-            k2=config["intra"]["k2"],
-            height=config["input"]["height"],
-            width=config["input"]["width"],
-            workers=config["extract"]["workers"],
-            device=config["device"],
-            seed=config["model"]["seed"],
-            **config["intra"]["train"],
+        code=code("train_intra"),
+        opts=lambda w: " ".join(
+            [
+                f"--epochs {config['intra']['epochs']}",
+                cli(config["intra"]["clustering"], "intra", "clustering"),
+                cli(config["intra"]["train"], "intra", "train"),
+                cli(config["input"], "input"),
+                runtime("device", "deterministic"),
+                cli({"seed": int(w.seed)}),
+            ]
         ),
     log:
-        f"{LOGS}/intra/cam{{cam}}.train.log",
+        f"{LOGS}/seed{{seed}}/intra/cam{{cam}}.train.log",
     benchmark:
-        f"{BENCHMARKS}/intra/cam{{cam}}.train.tsv"
+        f"{BENCHMARKS}/seed{{seed}}/intra/cam{{cam}}.train.tsv"
     conda:
         ENV
     threads: 2
@@ -67,23 +60,24 @@ rule train_intra:
         runtime=240,
         gpu=GPU,
     shell:
-        "python -m pipeline train-intra --index {input.index} --camera {wildcards.cam}"
-        " --init {input.init} --initial-labels {input.labels} {params.opts}"
-        " --out-checkpoint {output.checkpoint} --out-labels {output.labels}"
-        " --log {output.log} > {log} 2>&1"
+        "python -m pipeline train-intra --index {input.index:q} --camera {wildcards.cam}"
+        " --init {input.init:q} --initial-labels {input.labels:q} {params.opts}"
+        " --out-checkpoint {output.checkpoint:q} --out-labels {output.labels:q}"
+        " --log {output.log:q} > {log:q} 2>&1"
 
 
 rule collect_local_labels:
     """All cameras' local labels in one table, the refinement's input."""
     output:
-        LOCAL_LABELS,
+        f"{SHARED}/seed{{seed}}/intra/local_labels.csv",
     input:
-        code("stages/collect_local_labels.py"),
         tables=local_label_tables,
+    params:
+        code=code("collect_local_labels"),
     log:
-        f"{LOGS}/intra/collect_local_labels.log",
+        f"{LOGS}/seed{{seed}}/intra/collect_local_labels.log",
     benchmark:
-        f"{BENCHMARKS}/intra/collect_local_labels.tsv"
+        f"{BENCHMARKS}/seed{{seed}}/intra/collect_local_labels.tsv"
     conda:
         ENV
     threads: 1
@@ -91,4 +85,5 @@ rule collect_local_labels:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m pipeline collect-local-labels --tables {input.tables} --out {output} > {log} 2>&1"
+        "python -m pipeline collect-local-labels --tables {input.tables:q} --out {output:q}"
+        " > {log:q} 2>&1"

@@ -4,49 +4,45 @@
 
 rule report:
     output:
-        summary=f"{RESULTS}/{{exp}}/report/summary.md",
+        summary=f"{RESULTS}/{{exp}}/seed{{seed}}/report/summary.md",
         curves=report(
-            f"{RESULTS}/{{exp}}/report/curves.png",
+            f"{RESULTS}/{{exp}}/seed{{seed}}/report/curves.png",
             caption="../report/curves.rst",
             category="{exp}",
         ),
         quality=report(
-            f"{RESULTS}/{{exp}}/report/cluster_quality.png",
+            f"{RESULTS}/{{exp}}/seed{{seed}}/report/cluster_quality.png",
             caption="../report/cluster_quality.rst",
             category="{exp}",
         ),
         tsne=report(
-            f"{RESULTS}/{{exp}}/report/tsne_cameras.png",
+            f"{RESULTS}/{{exp}}/seed{{seed}}/report/tsne_cameras.png",
             caption="../report/tsne.rst",
             category="{exp}",
         ),
         retrieval=report(
-            f"{RESULTS}/{{exp}}/report/retrieval.png",
+            f"{RESULTS}/{{exp}}/seed{{seed}}/report/retrieval.png",
             caption="../report/retrieval.rst",
             category="{exp}",
         ),
     input:
-        code("stages/report.py", "report", "features"),
         index=INDEX,
         # a round's training log carries every earlier round's rows too
-        log=lambda w: f"{RESULTS}/{w.exp}/round{n_rounds(w.exp) - 1}/train_log.csv",
+        log=lambda w: f"{final_model(w.exp, w.seed).removesuffix('model')}train_log.csv",
         summaries=round_files("refine.json"),
         before=f"{SHARED}/model_init.train.h5",
-        after=lambda w: f"{final_model(w.exp)}.train.h5",
-        query=lambda w: f"{final_model(w.exp)}.query.h5",
-        gallery=lambda w: f"{final_model(w.exp)}.gallery.h5",
-        metrics=lambda w: f"{final_model(w.exp)}.metrics.csv",
+        after=lambda w: f"{final_model(w.exp, w.seed)}.train.h5",
+        query=lambda w: f"{final_model(w.exp, w.seed)}.query.h5",
+        gallery=lambda w: f"{final_model(w.exp, w.seed)}.gallery.h5",
+        metrics=lambda w: f"{final_model(w.exp, w.seed)}.metrics.csv",
     params:
-        opts=options(
-            tsne_points=config["report"]["tsne_points"],
-            retrieval_queries=config["report"]["retrieval_queries"],
-            seed=config["model"]["seed"],
-        ),
-        out_dir=lambda w, output: str(Path(output.summary).parent),
+        code=code("report"),
+        opts=lambda w: " ".join([cli(config["report"], "report"), cli({"seed": int(w.seed)})]),
+        out_dir=lambda w, output: quoted(Path(output.summary).parent),
     log:
-        f"{LOGS}/{{exp}}/report.log",
+        f"{LOGS}/{{exp}}/seed{{seed}}/report.log",
     benchmark:
-        f"{BENCHMARKS}/{{exp}}/report.tsv"
+        f"{BENCHMARKS}/{{exp}}/seed{{seed}}/report.tsv"
     conda:
         ENV
     threads: 1  # t-SNE is several times slower with many OpenMP threads on a busy machine
@@ -54,8 +50,8 @@ rule report:
         mem_mb=8000,
         runtime=30,
     shell:
-        "python -m pipeline report --experiment {wildcards.exp} --index {input.index}"
-        " --train-logs {input.log} --refine-summaries {input.summaries}"
-        " --features-before {input.before} --features-after {input.after}"
-        " --query {input.query} --gallery {input.gallery} --metrics {input.metrics}"
-        " {params.opts} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m pipeline report --experiment {wildcards.exp} --index {input.index:q}"
+        " --train-logs {input.log:q} --refine-summaries {input.summaries:q}"
+        " --features-before {input.before:q} --features-after {input.after:q}"
+        " --query {input.query:q} --gallery {input.gallery:q} --metrics {input.metrics:q}"
+        " {params.opts} --out-dir {params.out_dir} > {log:q} 2>&1"

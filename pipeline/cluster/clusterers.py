@@ -1,0 +1,48 @@
+"""The global clusterers, by name: what ``inter.clusterer.name`` (``--method``) chooses.
+
+Each entry says which settings class configures it, how many neighbours per image its kNN
+lists need, and how it turns features and those lists into cluster labels (-1 = outlier).
+``pipeline cluster-global`` searches the neighbours once, runs the chosen clusterer, and saves
+the lists for the refinement's pivot scores. Adding a clusterer: its module (a pure function
+and a settings class), an entry here, and its name and section in
+``workflow/schemas/inter.schema.yaml`` (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.cluster.dbscan import DbscanOptions, dbscan_clusters
+from pipeline.cluster.global_infomap import InfomapOptions, infomap_clusters
+
+
+@dataclass(frozen=True)
+class Clusterer:
+    """A global clustering method."""
+
+    options: type  # its settings class
+    neighbours: Callable[[Any], int]  # options -> neighbours per image its kNN lists need
+    # (features, similarities, indices, options, seed) -> labels
+    cluster: Callable[[np.ndarray, np.ndarray, np.ndarray, Any, int], np.ndarray]
+
+
+CLUSTERERS: dict[str, Clusterer] = {
+    "infomap": Clusterer(
+        InfomapOptions,
+        neighbours=lambda options: options.k,
+        cluster=lambda features, sims, idx, options, seed: infomap_clusters(
+            sims, idx, options.min_sim, options.min_size, seed, options.tune_iterations
+        ),
+    ),
+    "dbscan": Clusterer(
+        DbscanOptions,
+        neighbours=lambda options: max(options.k1, options.k2) - 1,
+        cluster=lambda features, sims, idx, options, seed: dbscan_clusters(
+            features, idx, options.k1, options.k2, options.eps, options.min_samples
+        ),
+    ),
+}

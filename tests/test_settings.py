@@ -1,0 +1,238 @@
+"""Settings declared once: the generated schema is current, the generators agree with each other,
+and every config key, set to a value other than its default, reaches the command of the rule
+that uses it (`snakemake -n -p`)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline import settings
+from pipeline.config import command_line, load_schema, validate_config
+from pipeline.errors import PipelineError
+from pipeline.settings import setting
+from tests.workflow_runs import snakemake
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+
+@dataclass(frozen=True)
+class Example:
+    """An example section."""
+
+    count: int = setting(3, "how many", minimum=1)
+    ratio: float = setting(0.5, "a fraction", minimum=0, maximum=1)
+    mode: str = setting("a", "which one", choices=("a", "b"))
+    path: str | None = setting(None, "where", flag="--where")
+    on: bool = setting(True, "switch")
+
+
+def test_generated_schema_file_is_current():
+    path = ROOT / settings.SCHEMA_FILE
+    assert path.read_text() == settings.settings_schema_text(), (
+        f"{path} is out of date: run `python -m pipeline.settings`"
+    )
+
+
+def test_flags_parse_back_into_the_settings_and_bounds_name_the_flag():
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser, Example, "example")
+    values = {"count": 5, "ratio": 0.25, "mode": "b", "path": "a b;c", "on": False}
+    words = shlex.split(command_line(values, settings.schema(Example)))
+    assert words == [
+        "--count",
+        "5",
+        "--ratio",
+        "0.25",
+        "--mode",
+        "b",
+        "--where",
+        "a b;c",
+        "--no-on",
+    ]
+    assert settings.from_args(Example, parser.parse_args(words)) == Example(**values)
+    assert settings.from_args(Example, parser.parse_args([])) == Example()
+    bad = parser.parse_args(["--count", "0", "--ratio", "2", "--mode", "c"])
+    with pytest.raises(PipelineError) as error:
+        settings.from_args(Example, bad)
+    assert str(error.value) == (
+        "--count must be 1 or more, got 0; --ratio must lie in [0, 1], got 2.0; "
+        "--mode must be one of a, b, got c"
+    )
+
+
+def test_schema_of_a_settings_class_validates_and_fills_defaults():
+    section = settings.schema(Example)
+    assert section["properties"]["path"]["flag"] == "--where"
+    assert validate_config({"count": 7}, section) == {**Example().__dict__, "count": 7}
+    with pytest.raises(PipelineError, match="key count: 0 is less than the minimum of 1"):
+        validate_config({"count": 0}, section)
+    with pytest.raises(KeyError, match="no setting"):
+        command_line({"counts": 1}, section)
+
+
+def other_value(schema: dict, default):
+    """A valid value different from ``default`` for a leaf schema."""
+    if "enum" in schema:
+        return next(value for value in schema["enum"] if value not in (default, None))
+    if "pattern" in schema:  # the device
+        return "cpu"
+    kind = schema["type"][0] if isinstance(schema["type"], list) else schema["type"]
+    if kind == "boolean":
+        return not default
+    if kind == "integer":
+        value = (default or 0) + 3
+        return min(value, schema["maximum"]) if "maximum" in schema else value
+    if kind == "number":
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0.0))
+        high = schema.get("maximum", schema.get("exclusiveMaximum", low + 10))
+        value = round(low + 0.37 * (high - low), 4)
+        return value if value != default else round(low + 0.61 * (high - low), 4)
+    return "x y"
+
+
+def leaves(schema: dict, path=()):
+    """(path, leaf schema) of every key that has a command-line flag."""
+    for key, sub in schema.get("properties", {}).items():
+        if "flag" in sub:
+            yield (*path, key), sub
+        elif sub.get("type") == "object":
+            yield from leaves(sub, (*path, key))
+
+
+# config section -> the rules whose commands carry its options
+USED_BY = {
+    ("seed",): {"init_model", "train_intra", "cluster_global", "refine", "train_inter", "report"},
+    ("device",): {"init_model", "extract", "train_intra", "train_inter"},
+    ("deterministic",): {"extract", "train_intra", "train_inter"},
+    ("dataset",): {"index"},
+    ("demo",): {"demo_data"},
+    ("model",): {"init_model"},
+    ("input",): {"init_model", "extract", "train_intra", "train_inter"},
+    ("extract",): {"extract"},
+    ("intra", "clustering"): {"cluster_intra", "train_intra"},
+    ("intra", "train"): {"train_intra"},
+    ("inter", "knn"): {"cluster_global", "refine"},
+    ("inter", "clusterer", "infomap"): {"cluster_global"},
+    ("inter", "clusterer", "dbscan"): {"cluster_global"},
+    ("inter", "refine"): {"refine"},
+    ("inter", "losses", "contrastive"): {"train_inter"},
+    ("inter", "losses", "camera"): {"train_inter"},
+    ("inter", "train"): {"train_inter"},
+    ("evaluate",): {"evaluate"},
+    ("report",): {"report"},
+}
+# the demo dataset (so that every job of the workflow exists; its root is the generated folder)
+# and random weights (nothing to download); every other flagged key gets another value
+FIXED = {("dataset", "name"): "demo", ("dataset", "root"): None, ("model", "pretrained"): "none"}
+SEED = 3  # the non-default seed: it names the runs' folders
+
+
+def nondefault_config() -> tuple[dict, dict]:
+    """A config with every flagged key set to a value other than its default, and the flag and
+    value each must show. Two experiments: ``a`` clusters with Infomap, refines and weights
+    its clusters; ``b`` clusters with DBSCAN, does not refine and does not weight (the other
+    values of those switches)."""
+    config, expected = {"results": "out"}, {}
+    for path, leaf in leaves(SCHEMA):
+        value = FIXED.get(path, other_value(leaf, leaf.get("default")))
+        node = config
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+        if path not in FIXED:
+            expected[path] = (leaf["flag"], value)
+    assert config["seed"] == SEED
+    config["inter"].update(epochs=3, epochs_per_round=2)
+    config["intra"]["epochs"] = 5
+    config["experiments"] = {
+        "a": {
+            "clusterer": {"name": "infomap"},
+            "losses": {"contrastive": {"cluster_weights": True}},
+        },
+        "b": {"clusterer": {"name": "dbscan"}, "refine": {"mode": "none"}},
+    }
+    validate_config(config, SCHEMA)
+    return config, expected
+
+
+def lines_using(key_path: tuple, rule: str, commands: dict[str, list[str]]) -> list[str]:
+    """The commands of ``rule`` that must carry the setting at ``key_path``."""
+    lines = commands.get(rule, [])
+    round0_of_a = f"--out out/a/seed{SEED}/round0/refined.csv"
+    if key_path[:3] == ("inter", "clusterer", "infomap"):
+        return [line for line in lines if "--method infomap" in line]
+    if key_path[:3] == ("inter", "clusterer", "dbscan"):
+        return [line for line in lines if "--method dbscan" in line]
+    if rule == "refine":  # b does not refine; a's later rounds draw with seed + round
+        return [line for line in lines if round0_of_a in line]
+    if key_path == ("inter", "losses", "contrastive", "cluster_weights"):
+        return [line for line in lines if "/b/" in line]
+    return lines
+
+
+def planned_commands(output: str) -> dict[str, list[str]]:
+    """rule -> the shell commands a `snakemake -n -p` plans for it."""
+    commands: dict[str, list[str]] = {}
+    rule = None
+    for line in output.splitlines():
+        stripped = line.strip().removeprefix("Shell command: ")
+        if stripped.startswith(("rule ", "localrule ", "checkpoint ")):
+            rule = stripped.split()[1].rstrip(":")
+        elif rule and stripped.startswith("python -m pipeline"):
+            commands.setdefault(rule, []).append(stripped)
+    return commands
+
+
+def shown(flag: str, value) -> str:
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag.removeprefix("--")
+    return f"{flag} {shlex.quote(repr(value) if isinstance(value, float) else str(value))}"
+
+
+@pytest.mark.slow
+def test_every_setting_reaches_the_commands_of_the_rules_that_use_it(tmp_path):
+    config, expected = nondefault_config()
+    commands: dict[str, list[str]] = {}
+    # a fresh run plans everything up to the dataset index (a checkpoint); a run that finds
+    # the index plans everything after it
+    for name, with_index in (("fresh", False), ("indexed", True)):
+        workdir = tmp_path / name
+        (workdir / "out" / "demo-data").mkdir(parents=True)
+        if with_index:
+            (workdir / "out" / "shared").mkdir()
+            pd.DataFrame(
+                {
+                    "path": [f"/d/{i}.jpg" for i in range(4)],
+                    "camid": [1, 2, 1, 2],
+                    "pid": [0, 0, 1, 1],
+                    "split": ["train", "train", "query", "gallery"],
+                }
+            ).to_csv(workdir / "out" / "shared" / "index.csv", index=False)
+        else:
+            (workdir / "out" / "demo-data").rmdir()
+        path = workdir / "every.yaml"
+        path.write_text(yaml.safe_dump(config))
+        result = snakemake(workdir, "--configfile", str(path), "-n", "-p")
+        for rule, lines in planned_commands(result.stdout + result.stderr).items():
+            commands.setdefault(rule, []).extend(lines)
+    assert set(commands) >= set().union(*USED_BY.values()), sorted(commands)
+    for key_path, (flag, value) in expected.items():
+        section = next(s for s in USED_BY if key_path[: len(s)] == s)
+        for rule in USED_BY[section]:
+            lines = lines_using(key_path, rule, commands)
+            assert lines and all(shown(flag, value) in line for line in lines), (
+                f"{'.'.join(key_path)} = {value!r} is not in every {rule} command ({flag})"
+            )
+    # the workflow's own keys: epochs, rounds, experiments, results folder
+    assert all("--epochs 5" in c for c in commands["train_intra"])
+    assert {c.split("--epochs ")[1].split()[0] for c in commands["train_inter"]} == {"2", "1"}
+    assert all("--total-epochs 3" in c for c in commands["train_inter"])
+    assert any(f"out/b/seed{SEED}/round1/model.pt" in c for c in commands["train_inter"])
