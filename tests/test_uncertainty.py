@@ -1,8 +1,10 @@
-"""Bootstrap intervals over query identities and paired differences over seeds and queries."""
+"""Bootstrap intervals over query identities, paired differences over seeds and queries, and the
+comparison table with uncertainty built on them."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -18,6 +20,17 @@ from pipeline.evaluate.uncertainty import (
     paired_difference,
     resampled_means,
     t_mixture_quantiles,
+)
+from pipeline.report.figures import save_figure
+from pipeline.report.replicates import (
+    BASELINE,
+    PER_QUERY_COLUMNS,
+    QUERIES_ONLY,
+    plot_replicates,
+    query_scores,
+    replicate_tables,
+    replicates_markdown,
+    replicates_text,
 )
 
 RESAMPLES = 500
@@ -197,3 +210,92 @@ def test_runs_on_other_queries_are_refused():
     unmatched = scores([0.2, 0.4, 0.6, np.nan], [0, 0, 1, 1], first_rank=[1, 1, 1, 0])
     with pytest.raises(PipelineError, match="row 3 .* has a true match in base only"):
         check_same_queries([run, unmatched], ["base", "calr"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the comparison table
+
+
+@pytest.fixture(scope="module")
+def tables(baseline_runs):
+    runs = {
+        "baseline": dict(enumerate(baseline_runs)),
+        "calr": dict(enumerate(planted_runs(0.1))),
+        "same": dict(enumerate(baseline_runs)),
+    }
+    return replicate_tables(runs, "baseline", resamples=RESAMPLES)
+
+
+def test_the_comparison_table(tables):
+    summary = tables.summary.set_index("experiment")
+    assert list(summary.index) == ["baseline", "calr", "same"]
+    assert summary.loc["baseline", "verdict"] == BASELINE
+    assert list(summary.loc[["calr", "same"], "verdict"]) == [BETTER, UNCLEAR]
+    assert summary.loc["calr", "mAP_mean"] - summary.loc["baseline", "mAP_mean"] == pytest.approx(
+        summary.loc["calr", "difference"]
+    )
+    assert summary.loc["calr", "mAP_std"] > 0
+    assert len(tables.runs) == 9 and set(tables.runs["seed"]) == {0, 1, 2}
+    assert (tables.runs["mAP_low"] < tables.runs["mAP"]).all()
+    assert (tables.runs["mAP"] < tables.runs["mAP_high"]).all()
+    assert len(tables.differences) == 2 * 4  # two experiments x four metrics
+
+
+def test_the_comparison_prints_spread_intervals_and_verdict(tables):
+    calr = tables.summary.set_index("experiment").loc["calr"]
+    spread = f"{100 * calr['mAP_mean']:.1f} ± {100 * calr['mAP_std']:.1f}"
+    interval = f"[{100 * calr['low']:+.1f}, {100 * calr['high']:+.1f}]"
+    markdown, text = replicates_markdown(tables), replicates_text(tables)
+    for shown in (markdown, text):
+        assert spread in shown and interval in shown and "no clear difference" in shown
+    assert f"| calr | 3 | {spread} |" in markdown
+
+
+def test_experiments_need_the_baselines_seeds(baseline_runs):
+    runs = {"baseline": dict(enumerate(baseline_runs)), "calr": {0: baseline_runs[0]}}
+    with pytest.raises(PipelineError, match=r"'calr' has seeds \[0\] but the baseline"):
+        replicate_tables(runs, "baseline")
+    with pytest.raises(PipelineError, match="baseline 'none' is not among"):
+        replicate_tables(runs, "none")
+
+
+def test_one_seed_says_the_interval_covers_queries_only(baseline_runs):
+    runs = {"baseline": {7: baseline_runs[0]}, "calr": {7: planted_runs(0.1, 1)[0]}}
+    summary = replicate_tables(runs, "baseline", resamples=RESAMPLES).summary
+    assert summary["interval_over"].iloc[1] == QUERIES_ONLY
+    assert np.isnan(summary["mAP_std"]).all()
+
+
+def test_query_scores_from_a_table():
+    table = pd.DataFrame(
+        {
+            "query": [4, 9, 11],
+            "pid": [1, 1, 2],
+            "ap": [0.5, np.nan, 1.0],
+            "inp": [0.25, 0.0, 1.0],
+            "first_rank": [2, 0, 1],
+        }
+    )
+    run = query_scores(table, "calr/per_query.csv")
+    np.testing.assert_array_equal(run.valid, [True, False, True])
+    np.testing.assert_allclose(run.metrics(("mAP", "rank1")), [0.75, 0.5])
+    with pytest.raises(PipelineError, match="per_query.csv: missing column.s. inp"):
+        query_scores(table.drop(columns="inp"), "per_query.csv")
+    with pytest.raises(PipelineError, match="first_rank holds float64"):
+        query_scores(table.assign(first_rank=[2.0, 0.0, 1.0]), "per_query.csv")
+    with pytest.raises(PipelineError, match="row 2 has first_rank 1, ap nan"):
+        query_scores(table.assign(ap=[0.5, np.nan, np.nan]), "per_query.csv")
+    assert set(PER_QUERY_COLUMNS) == set(table.columns)
+
+
+def test_plot_replicates(tables, tmp_path):
+    fig = plot_replicates(tables)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "baseline\n(baseline)",
+        "calr\nbetter",
+        "same\nno clear difference",
+    ]
+    assert len(ax.containers) == 3  # one error bar series per seed
+    save_figure(fig, tmp_path / "replicates.png")
+    assert (tmp_path / "replicates.png").stat().st_size > 0
