@@ -27,7 +27,10 @@ identities it hardly differs from the bias-corrected BCa interval, which would c
 over identities. Vectorised: a (B x identities) count matrix times the (identities x metrics)
 per-identity sums; no Python loop over resamples.
 
-**Paired difference of an experiment against the baseline**, per metric, runs paired by seed:
+**Paired difference of an experiment against the baseline**, per metric, runs paired by seed
+(runs of one seed share whatever the seed fixes, such as stage-1 models when the baseline and
+the experiment share stage 1, so pairing removes that part of the noise; without shared parts
+it costs nothing):
 
 - over seeds: ``d_s`` = metric(experiment, seed s) - metric(baseline, seed s) on the whole test
   set, ``D`` = mean of the ``d_s`` over the S seeds; seed variance ``a = sd(d_s)^2 / S`` with
@@ -45,9 +48,10 @@ per-identity sums; no Python loop over resamples.
   the B resamples of t(S-1) distributions of scale ``sqrt(a)`` centred at each ``D*_b``, whose
   2.5% and 97.5% quantiles are found exactly by bisection (no extra random draws). It answers
   the question a researcher defends: would other seeds and another test set of people drawn
-  alike give a difference of the same sign? It is wider than the seed interval and than the
-  query interval whenever both parts vary, whereas a Welch-Satterthwaite t interval on the
-  summed variances can come out narrower than the seed interval alone when the seeds
+  alike give a difference of the same sign? Adding an independent symmetric unimodal error
+  only widens central intervals (Anderson's theorem), so with near-symmetric parts it is
+  wider than both the seed and the query interval, whereas a Welch-Satterthwaite t interval
+  on the summed variances can come out narrower than the seed interval alone when the seeds
   dominate. The seed x identity interaction sits in both parts, so it errs on the wide side.
   A hierarchical bootstrap over seeds and identities was not chosen: over 3 seeds it inherits
   the too-narrow seed bootstrap above. With one seed ``a`` is unknown and the combined interval
@@ -160,9 +164,8 @@ def resampled_means(bootstrap: IdentityBootstrap, values: np.ndarray) -> np.ndar
     cells = (codes[:, None] * width + np.arange(width)).ravel()
     sums = np.bincount(cells, weights=values[valid].ravel(), minlength=identities * width)
     sizes = np.bincount(codes, minlength=identities)  # every drawn identity has >= 1 query
-    return (bootstrap.counts @ sums.reshape(identities, width)) / (bootstrap.counts @ sizes)[
-        :, None
-    ]
+    totals = bootstrap.counts @ sums.reshape(identities, width)
+    return totals / (bootstrap.counts @ sizes)[:, None]
 
 
 def percentile_interval(
