@@ -34,7 +34,7 @@ from pipeline.cluster.pivots import (
     pivot_scores,
     select_pivots,
 )
-from pipeline.cluster.refine import refine_epoch, refine_labels, vouching_pivots
+from pipeline.cluster.refine import refine_epoch, refine_labels
 from pipeline.cluster.synthetic import planted_features
 
 K, MIN_SIM = 15, 0.5
@@ -147,11 +147,10 @@ def test_reference_mode_makes_the_release_pivots_and_decisions(planted):
     ours = refine_epoch(features, clusters, camids, local, 1.0, rng, "reference", K, "exact", sims)
     scores = pivot_scores(sims[:, : K - 1], knn_mean_distance(sims[:, : K - 1]), MIN_SIM)
     np.testing.assert_allclose(scores, planted["scores"], rtol=1e-5)
-    chosen = vouching_pivots(clusters, camids, ours.pivots, "reference")
-    np.testing.assert_array_equal(np.flatnonzero(chosen), planted["pivots"])
+    np.testing.assert_array_equal(np.flatnonzero(ours.vouching), planted["pivots"])
     np.testing.assert_array_equal(ours.discarded, planted["discarded"])
     # clusters hold several candidate pivots, of which the last counts; many samples go
-    assert ours.pivots.sum() > 2 * chosen.sum()
+    assert ours.pivots.sum() > 2 * ours.vouching.sum()
     assert 0.2 < planted["discarded"].mean() < 0.6
 
 

@@ -63,12 +63,16 @@ PIVOT_RULES = ("any", "each", "best")
 
 @dataclass(frozen=True)
 class Refinement:
-    """One epoch's refinement: labels (-1 = outlier or discarded), masks and Eq. 4's mean."""
+    """One epoch's refinement: labels (-1 = outlier or discarded), masks and Eq. 4's mean.
+
+    ``pivots``: every image scoring above the mean (:func:`select_pivots`); ``vouching``: those
+    of them whose local clusters decided (:func:`vouching_pivots`)."""
 
     labels: np.ndarray
     discarded: np.ndarray
     pivots: np.ndarray
     mean_distance: float
+    vouching: np.ndarray
 
 
 def refine_epoch(
@@ -118,18 +122,12 @@ def refine_epoch(
         mean_distance = mean_pairwise_distance(features)
         scores = pivot_scores(similarities, mean_distance)
     pivots = select_pivots(scores, global_clusters)
+    rule = {"pivot_rule": pivot_rule, "scores": scores}
     labels, discarded = refine_labels(
-        global_clusters,
-        camids,
-        local_labels,
-        pivots,
-        discard_probability,
-        rng,
-        mode,
-        pivot_rule=pivot_rule,
-        scores=scores,
+        global_clusters, camids, local_labels, pivots, discard_probability, rng, mode, **rule
     )
-    return Refinement(labels, discarded, pivots, mean_distance)
+    vouching = vouching_pivots(global_clusters, camids, pivots, mode, **rule)
+    return Refinement(labels, discarded, pivots, mean_distance, vouching)
 
 
 def refine_labels(
