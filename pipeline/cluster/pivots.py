@@ -48,9 +48,9 @@ def knn_mean_distance(similarities: np.ndarray) -> float:
 
     ``similarities`` are the lists :func:`pipeline.cluster.knn.knn` returns (N x (k - 1), self
     excluded, ``-inf`` = missing); each row's own entry, which the release's search returns
-    first at distance 0, is added back, so the mean runs over ``N k`` distances when no
-    neighbour is missing. Missing neighbours are left out of the mean (the release would average
-    faiss's placeholder distance into it). Accumulates in float64.
+    first at distance 0 (up to float32 rounding), is added back, so the mean runs over ``N k``
+    distances when no neighbour is missing. Missing neighbours are left out of the mean (the
+    release would average faiss's placeholder distance into it). Accumulates in float64.
     """
     sims = np.asarray(similarities)
     present = np.isfinite(sims)
