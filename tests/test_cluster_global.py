@@ -12,6 +12,7 @@ from pipeline.cluster.dbscan import dbscan_clusters
 from pipeline.cluster.global_infomap import infomap_clusters
 from pipeline.cluster.jaccard import jaccard_dense
 from pipeline.cluster.knn import knn
+from pipeline.cluster.synthetic import planted_features
 
 
 def planted(n_groups=20, per_group=12, dim=32, spread=0.3, seed=0):
@@ -51,6 +52,30 @@ def test_clusters_below_min_size_become_outliers():
     assert (labels[groups == 3] == -1).all()
     assert adjusted_rand_score(labels[groups != 3], groups[groups != 3]) == 1.0
     assert labels.max() == 2
+
+
+def test_leaving_isolated_images_out_equals_clustering_without_them():
+    # as the released code, which builds Infomap's network from the links alone
+    x, _, _ = planted_features(400, 64, 4, noise=1.5, seed=0)
+    sims, idx = knn(x, 14)
+    linked = sims >= 0.5
+    isolated = ~linked.any(axis=1) & (np.bincount(idx[linked], minlength=len(x)) == 0)
+    assert isolated.sum() > 20
+    keep = np.flatnonzero(~isolated)
+    position = np.full(len(x), -1)
+    position[keep] = np.arange(len(keep))
+    options = {"min_size": 5, "tune_iterations": 0, "infomap_seed": 123}
+    without = infomap_clusters(sims[keep], position[idx[keep]], **options)
+    left_out = infomap_clusters(sims, idx, **options, isolated_nodes=False)
+    np.testing.assert_array_equal(left_out[keep], without)
+    assert (left_out[isolated] == -1).all()
+    # as nodes they draw teleportation flow and move the others' modules
+    assert not np.array_equal(infomap_clusters(sims, idx, **options), left_out)
+
+
+def test_infomap_seed_must_be_in_infomaps_range():
+    with pytest.raises(ValueError, match="infomap_seed must be >= 1"):
+        infomap_clusters(np.full((2, 1), 0.9, np.float32), np.array([[1], [0]]), infomap_seed=0)
 
 
 def test_dbscan_on_the_sparse_graph_equals_dbscan_on_the_dense_matrix():

@@ -1,4 +1,5 @@
-"""Pivot scores (Eq. 4): the exact mean distance and a score worked out by hand."""
+"""Pivot scores (Eq. 4): the exact mean distance and scores worked out by hand, as the paper
+reads and as the released code computes them."""
 
 from fractions import Fraction
 
@@ -6,7 +7,12 @@ import numpy as np
 import pytest
 
 from pipeline.cluster.knn import knn
-from pipeline.cluster.pivots import mean_pairwise_distance, pivot_scores, select_pivots
+from pipeline.cluster.pivots import (
+    knn_mean_distance,
+    mean_pairwise_distance,
+    pivot_scores,
+    select_pivots,
+)
 
 # Four unit vectors in the plane. Pairwise distances 1 - cos:
 #   d01 = 0.4, d02 = 1, d03 = 2, d12 = 0.2, d13 = 1.6, d23 = 1
@@ -64,3 +70,30 @@ def test_outliers_are_never_pivots_but_count_in_the_mean():
     np.testing.assert_array_equal(
         select_pivots(scores, np.array([0, 0, 0, 0])), [False, False, True, False]
     )
+
+
+def test_release_scores_by_hand():
+    # the release's k = 3 counts the image itself: lists of 2 other images, as in the test above
+    # distances in the lists: node 0: 0.4, 1; node 1: 0.2, 0.4; node 2: 0.2, 1; node 3: 1, 1.6
+    # mean over the 4 x 3 entries with self at 0: 5.8 / 12 = 29/60 (the pairs' mean is 31/30)
+    sims, _ = knn(PLANE, 2)
+    mean = Fraction(29, 60)
+    assert knn_mean_distance(sims) == pytest.approx(float(mean), abs=1e-7)
+
+    def term(d):
+        return 1 / (Fraction(d) + mean)
+
+    # only links of similarity >= 0.5 (distance <= 0.5) count: node 3 has none
+    expected = [term("0.4"), term("0.2") + term("0.4"), term("0.2"), Fraction(0)]
+    scores = pivot_scores(sims, knn_mean_distance(sims), min_sim=0.5)
+    np.testing.assert_allclose(scores, [float(e) for e in expected], rtol=1e-6)
+    # 1.13, 2.60, 1.46, 0 with mean 1.30: nodes 1 and 2 are the pivots again
+    np.testing.assert_array_equal(
+        select_pivots(scores, np.array([0, 0, 0, 0])), [False, True, True, False]
+    )
+
+
+def test_knn_mean_distance_leaves_missing_neighbours_out():
+    # two rows with one neighbour each at distance 0.5 and 0.3, one missing: (0.5 + 0.3) / 4
+    sims = np.array([[0.5, -np.inf], [0.7, -np.inf]], dtype=np.float32)
+    assert knn_mean_distance(sims) == pytest.approx(0.2)

@@ -2,14 +2,20 @@
 
     score(i) = sum_{j in top_k(i)} 1 / (dist(i, j) + mean(dist))                        (4)
 
-with ``dist = 1 - cosine similarity`` of L2-normalised features, ``top_k(i)`` the ``k`` (15)
-nearest *other* images of ``i`` (:func:`pipeline.cluster.knn.knn`), and ``mean(dist)`` the mean
-distance over all pairs of distinct images, computed exactly in O(N D) without any N x N matrix
-by :func:`mean_pairwise_distance`. Pivots are the images whose score exceeds the mean score.
+with ``dist = 1 - cosine similarity`` of L2-normalised features. Pivots are the images whose
+score exceeds the mean score of all images (:func:`select_pivots`). Two readings:
 
-Differences from the released code, which follows the paper less closely: there ``mean(dist)``
-is the mean over the kNN lists only (self included, at distance 0) and the sum runs only over
-neighbours above Infomap's ``min_sim``.
+- **paper** (default): ``top_k(i)`` the ``k`` (15) nearest *other* images of ``i``
+  (:func:`pipeline.cluster.knn.knn`), every one of them counted, and ``mean(dist)`` the mean
+  distance over all pairs of distinct images, "the mean distance across all pairs", computed
+  exactly in O(N D) without any N x N matrix by :func:`mean_pairwise_distance`.
+- **reference**, the released code (``calr/utils/infomap_cluster.py``: ``get_dist_nbr`` and
+  ``get_links``), which scores the pivots while it builds Infomap's graph: its kNN search asks
+  faiss for ``k = 15`` results *including the image itself*, so ``top_k(i)`` are the 14 nearest
+  other images; the sum runs only over the neighbours that became graph links (similarity at
+  least Infomap's ``min_sim``, 0.5); and ``mean(dist)`` is the mean over the ``N x k`` kNN
+  lists, the image itself included at distance 0 (:func:`knn_mean_distance`). Call
+  :func:`pivot_scores` with ``min_sim`` on the ``k - 1`` lists that ``knn`` returns.
 """
 
 from __future__ import annotations
@@ -37,13 +43,35 @@ def mean_pairwise_distance(features: np.ndarray, chunk_size: int = 8192) -> floa
     return 1.0 - (float(total @ total) - squared_norms) / (n * (n - 1))
 
 
-def pivot_scores(similarities: np.ndarray, mean_distance: float) -> np.ndarray:
+def knn_mean_distance(similarities: np.ndarray) -> float:
+    """The released code's ``mean(dist)``: the mean of ``1 - s`` over kNN lists with self.
+
+    ``similarities`` are the lists :func:`pipeline.cluster.knn.knn` returns (N x (k - 1), self
+    excluded, ``-inf`` = missing); each row's own entry, which the release's search returns
+    first at distance 0 (up to float32 rounding), is added back, so the mean runs over ``N k``
+    distances when no neighbour is missing. Missing neighbours are left out of the mean (the
+    release would average faiss's placeholder distance into it). Accumulates in float64.
+    """
+    sims = np.asarray(similarities)
+    present = np.isfinite(sims)
+    total = float(np.where(present, 1.0 - sims.astype(np.float64), 0.0).sum())
+    return total / (len(sims) + int(present.sum()))
+
+
+def pivot_scores(
+    similarities: np.ndarray, mean_distance: float, min_sim: float | None = None
+) -> np.ndarray:
     """Eq. 4 for every row, from its kNN similarities (self excluded, ``-inf`` = missing).
 
-    Distances are clipped at 0 (float error can push a similarity just above 1); a missing
-    neighbour has infinite distance and adds 0.
+    With ``min_sim`` only the neighbours whose similarity is at least ``min_sim`` count (the
+    released code's sum over graph links); ``None`` (the paper) counts all ``k``. Distances are
+    clipped at 0 (float error can push a similarity just above 1); a missing or uncounted
+    neighbour adds 0.
     """
-    dist = np.maximum(1.0 - similarities.astype(np.float64), 0.0)
+    sims = similarities.astype(np.float64)
+    if min_sim is not None:
+        sims = np.where(sims >= min_sim, sims, -np.inf)
+    dist = np.maximum(1.0 - sims, 0.0)
     return (1.0 / (dist + mean_distance)).sum(axis=1)
 
 

@@ -2,13 +2,31 @@
 
 Rebuilt at the start of every epoch from the mean embedding of each cluster's members (so it
 always matches the epoch's labels), then moved towards the batch features after each step with
-momentum m (Eq. 2). The contrastive losses (Eq. 3, 6) compare embeddings with its rows.
+momentum m (Eq. 2, ``u <- m u + (1 - m) q``). The contrastive losses (Eq. 3, 6) compare
+embeddings with its rows.
+
+Eq. 2 is stated for one query ``q``; a batch holds several samples of a cluster. Two updates:
+
+- ``"sample"``: Eq. 2 once per sample, in batch order, the centroid re-normalised after every
+  step, exactly as the released code (``calr/models/cm.py``, ``CM.backward``: a loop over the
+  batch) and ClusterContrast. Without the re-normalisations the ``n`` samples ``q_1..q_n`` of
+  one cluster would compound to ``m^n u + (1 - m) sum_j m^(n-j) q_j``; with them the weights
+  also depend on the norms along the way, so the steps are taken one occurrence at a time:
+  step ``r`` moves, all at once, every cluster that has an ``r``-th sample in the batch (as
+  many steps as the most frequent cluster has samples, e.g. 16 instances per identity).
+- ``"mean"``: one step per cluster with the mean of its samples,
+  ``u <- normalise(m u + (1 - m) mean_j q_j)``: the same with one sample per cluster; with
+  several it weighs them equally instead of favouring the last ones, and keeps more of the old
+  centroid (at m = 0.2 and 16 samples, a weight of 0.2 on it instead of 0.2^16, before the
+  re-normalisations).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+UPDATES = ("sample", "mean")
 
 
 def cluster_centroids(
@@ -26,24 +44,31 @@ def cluster_centroids(
 class ClusterMemory:
     """Cluster centroids with the momentum update of Eq. 2, vectorised over a batch.
 
-    When several samples of one cluster are in a batch, the cluster is updated once with their
-    mean: ``u <- normalise(m u + (1 - m) mean_j f_j)``. With one sample per cluster this is
-    exactly Eq. 2 followed by re-normalisation, as in ClusterContrast; with several it replaces
-    their sequential updates by one, which weighs the samples equally instead of favouring the
-    last one and needs no loop.
+    ``update`` is one of :data:`UPDATES`: ``"sample"`` (Eq. 2 per sample, as the released
+    code) or ``"mean"`` (once per cluster with the batch mean); see the module docstring.
     """
 
-    def __init__(self, centroids: torch.Tensor, momentum: float, temperature: float) -> None:
+    def __init__(
+        self, centroids: torch.Tensor, momentum: float, temperature: float, update: str = "mean"
+    ) -> None:
+        if update not in UPDATES:
+            raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
         self.features = centroids
         self.momentum = momentum
         self.temperature = temperature
+        self.update_rule = update
 
     @classmethod
     def from_features(
-        cls, features: torch.Tensor, labels: torch.Tensor, momentum: float, temperature: float
+        cls,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        momentum: float,
+        temperature: float,
+        update: str = "mean",
     ) -> ClusterMemory:
         n_clusters = int(labels.max()) + 1
-        return cls(cluster_centroids(features, labels, n_clusters), momentum, temperature)
+        return cls(cluster_centroids(features, labels, n_clusters), momentum, temperature, update)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -54,7 +79,10 @@ class ClusterMemory:
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Eq. 2 for the clusters in the batch (``features`` detached, (B, D))."""
+        """Eq. 2 for the clusters in the batch (``features`` detached, (B, D), batch order)."""
+        if self.update_rule == "sample":
+            self._update_per_sample(features.float(), labels)
+            return
         clusters, inverse = labels.unique(return_inverse=True)
         sums = torch.zeros(len(clusters), features.shape[1], device=features.device)
         sums.index_add_(0, inverse, features.float())
@@ -62,3 +90,16 @@ class ClusterMemory:
         means = sums / counts
         moved = self.momentum * self.features[clusters] + (1 - self.momentum) * means
         self.features[clusters] = F.normalize(moved, dim=1)
+
+    def _update_per_sample(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Eq. 2 sample by sample in batch order, one vectorised step per occurrence rank."""
+        _, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
+        order = torch.argsort(inverse, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(inverse)
+        rank[order] = torch.arange(len(labels), device=labels.device) - starts[inverse[order]]
+        for step in range(int(counts.max()) if len(labels) else 0):
+            rows = rank == step
+            clusters = labels[rows]
+            moved = self.momentum * self.features[clusters] + (1 - self.momentum) * features[rows]
+            self.features[clusters] = F.normalize(moved, dim=1)
