@@ -65,8 +65,13 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.features.store import read_features
     from pipeline.io import write_table
 
+    check_options(args)
     fs = read_features(args.features)
     check_normalised(fs.features, str(args.features))
+    if args.method == "infomap":
+        warn_few_neighbours("--k", args.k, args.k, len(fs), args.features)
+    else:  # k1 counts the image itself
+        warn_few_neighbours("--k1", args.k1, args.k1 - 1, len(fs), args.features)
     if args.method == "infomap":
         sims, idx = knn(fs.features, args.k, args.knn, seed=args.seed)
         clusters = infomap_clusters(
@@ -108,6 +113,42 @@ def run(args: argparse.Namespace) -> None:
         summary["n_clusters"],
         summary["n_outliers"],
     )
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Fail naming the option when a value cannot work (before any file is read)."""
+    limits = (
+        [("--k", args.k, 1), ("--min-size", args.min_size, 1), ("--seed", args.seed, 0)]
+        if args.method == "infomap"
+        else [("--k1", args.k1, 2), ("--k2", args.k2, 1), ("--min-samples", args.min_samples, 1)]
+    )
+    for option, value, least in limits + [("--tune-iterations", args.tune_iterations, 0)]:
+        if value < least:
+            raise PipelineError(f"{option} must be at least {least}, got {value}")
+    if args.method == "dbscan" and not 0 < args.eps < 1:
+        raise PipelineError(
+            f"--eps must lie strictly between 0 and 1 (a Jaccard distance), got {args.eps}"
+        )
+
+
+def warn_few_neighbours(
+    option: str, value: int, neighbours: int, n_images: int, source: os.PathLike | str
+) -> None:
+    """Warn when ``source`` has fewer other images than the ``neighbours`` per image that
+    ``option value`` asks for: the missing ones are no links (pipeline.cluster.knn), so the
+    setting means less than it says."""
+    if neighbours >= n_images:
+        log.warning(
+            "%s %d asks for %d neighbours per image, but %s holds %d image(s): each image has "
+            "only %d; lower %s for so small a dataset",
+            option,
+            value,
+            neighbours,
+            source,
+            n_images,
+            n_images - 1,
+            option,
+        )
 
 
 def write_neighbours(

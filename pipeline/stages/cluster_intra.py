@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.cluster.knn import check_normalised
     from pipeline.features.store import read_features
     from pipeline.io import write_table
+    from pipeline.stages.cluster_global import warn_few_neighbours
 
     fs = read_features(args.features)
     in_camera = fs.camid == args.camera
@@ -63,7 +64,12 @@ def run(args: argparse.Namespace) -> None:
             f"{cameras or 'none'}"
         )
     fs = fs.subset(in_camera)
-    check_normalised(fs.features, f"{args.features} (camera {args.camera})")
+    source = f"{args.features} (camera {args.camera})"
+    check_normalised(fs.features, source)
+    if args.distance == "jaccard":  # k1 counts the image itself
+        warn_few_neighbours("--k1", args.k1, args.k1 - 1, len(fs), source)
+    elif len(fs) > args.sparse_threshold:
+        warn_few_neighbours("--k", args.k, args.k, len(fs), source)
     n_clusters = n_local_clusters(len(fs), args.ratio, args.camera)
     labels = intra_camera_clusters(
         fs.features,

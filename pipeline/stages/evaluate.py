@@ -24,19 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METRICS_COLUMNS = (
-    "experiment",
-    "dataset",
-    "epoch",
-    "mAP",
-    "rank1",
-    "rank5",
-    "rank10",
-    "mINP",
-    "num_query",
-    "num_valid_query",
-    "reranking",
-)
 REPORTED_RANKS = (1, 5, 10)
 # largest tolerated deviation of a feature's L2 norm from 1 (float16 storage rounds to ~1e-3)
 NORM_TOLERANCE = 1e-2
@@ -81,10 +68,11 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.evaluate.metrics import evaluate_retrieval
     from pipeline.evaluate.rerank import k_reciprocal_distance_blocks
     from pipeline.features.store import read_features
-    from pipeline.io import read_table, write_table
+    from pipeline.io import write_table
+    from pipeline.tables import INDEX, METRICS
 
     _check_options(args)
-    index = read_table(args.index, required_columns=("path", "camid", "pid", "split"))
+    index = INDEX.read(args.index)
     query = read_features(args.query_features, index)
     gallery = read_features(args.gallery_features, index)
     for fs, split, path in (
@@ -134,7 +122,7 @@ def run(args: argparse.Namespace) -> None:
         "num_valid_query": metrics.num_valid_query,
         "reranking": bool(args.rerank),
     }
-    write_table(pd.DataFrame([row], columns=list(METRICS_COLUMNS)), args.out)
+    write_table(pd.DataFrame([row], columns=METRICS.names), args.out)
     log.info("%s", _format_table(args, metrics, len(gallery), seconds))
 
 

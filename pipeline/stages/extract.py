@@ -90,9 +90,9 @@ def run(args: argparse.Namespace) -> None:
         resolve_amp,
         resolve_device,
     )
-    from pipeline.features.store import FeatureSet, write_features
-    from pipeline.io import read_table
+    from pipeline.features.store import FeatureSet, check_room_for_features, write_features
     from pipeline.models.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+    from pipeline.tables import INDEX
 
     if args.out.suffix.lower() not in FEATURE_SUFFIXES:
         raise PipelineError(
@@ -100,9 +100,9 @@ def run(args: argparse.Namespace) -> None:
             "(option --out)"
         )
     check_input_size(args.height, args.width)
-    index = read_table(args.index, required_columns=("path", "camid", "pid", "split"))
+    index = INDEX.read(args.index)
     rows = select_rows(index, args.split, args.camera, args.index)
-    state = load_checkpoint(args.checkpoint)
+    state = load_checkpoint(args.checkpoint, "--checkpoint")
     checkpoint_sha256 = file_sha256(args.checkpoint)
     if "pretrained" not in state:
         raise PipelineError(
@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> None:
             args.checkpoint,
         )
     model = model_from_checkpoint(state)
+    # fail now rather than after the extraction
+    check_room_for_features(args.out, rows["path"].tolist(), model.feature_dim, args.dtype)
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
     precision = str(amp_dtype).removeprefix("torch.") if amp_dtype else "off"

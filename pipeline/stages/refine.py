@@ -78,12 +78,20 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.cluster.weights import sample_weights
     from pipeline.features.store import read_features
     from pipeline.io import write_table
-    from pipeline.stages.cluster_global import read_neighbour_similarities, write_summary
+    from pipeline.stages.cluster_global import (
+        read_neighbour_similarities,
+        warn_few_neighbours,
+        write_summary,
+    )
 
     if not 0.0 <= args.weight_floor <= 1.0:
         raise PipelineError(f"--weight-floor must be in [0, 1], got {args.weight_floor}")
+    if args.pivot_k < 1:
+        raise PipelineError(f"--pivot-k must be at least 1, got {args.pivot_k}")
     fs = read_features(args.features)
     check_normalised(fs.features, str(args.features))
+    if args.mode != "none":
+        warn_few_neighbours("--pivot-k", args.pivot_k, args.pivot_k, len(fs), args.features)
     clusters = aligned_clusters(args.clusters, fs.index_row, fs.camid)
     if args.mode == "none":
         if args.local_labels:
@@ -172,9 +180,9 @@ def run(args: argparse.Namespace) -> None:
 
 def aligned_clusters(path: Path, index_row: np.ndarray, camid: np.ndarray) -> np.ndarray:
     """The ``cluster`` column of the global clusters table, in feature row order."""
-    from pipeline.io import read_table
+    from pipeline.tables import GLOBAL_CLUSTERS
 
-    table = read_table(path, ("index_row", "camid", "cluster"))
+    table = GLOBAL_CLUSTERS.read(path)
     if len(table) != len(index_row):
         raise PipelineError(
             f"{path}: {len(table)} rows but the features have {len(index_row)}; the clusters "

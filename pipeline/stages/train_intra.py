@@ -48,14 +48,15 @@ def run(args: argparse.Namespace) -> None:
 
     from pipeline.cluster.agglomerative import n_local_clusters
     from pipeline.errors import PipelineError
-    from pipeline.io import read_table, write_table
+    from pipeline.io import write_table
     from pipeline.models.checkpoint import load_checkpoint
+    from pipeline.tables import INDEX
     from pipeline.train.intra import LocalClustering, intra_epoch, local_labels, quality_stats
     from pipeline.train.options import job_from_args, options_from_args
     from pipeline.train.runner import extract, finish, train
 
     options = options_from_args(args)
-    index = read_table(args.index, ("path", "camid", "pid", "split"))
+    index = INDEX.read(args.index)
     train_split = index[index["split"] == "train"]
     rows = train_split[train_split["camid"] == args.camera]
     if rows.empty:
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
         else None
     )
     initial_input = {"initial_labels": args.initial_labels} if args.initial_labels else {}
-    init_state = load_checkpoint(args.init)
+    init_state = load_checkpoint(args.init, "--init")
     log.info(
         "stage 1 (intra-camera) started: camera %d, %d images, %d epochs, %d local clusters",
         args.camera,
@@ -125,9 +126,9 @@ def aligned_initial_labels(path, index_rows, camera: int):
     import pandas as pd
 
     from pipeline.errors import PipelineError
-    from pipeline.io import read_table
+    from pipeline.tables import LOCAL_LABELS
 
-    table = read_table(path, ("index_row", "camid", "local_label"))
+    table = LOCAL_LABELS.read(path)
     if (table["camid"] != camera).any():
         raise PipelineError(f"{path}: holds cameras other than {camera} (option --camera)")
     positions = pd.Index(table["index_row"]).get_indexer(index_rows)
