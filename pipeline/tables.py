@@ -30,7 +30,7 @@ KINDS = {"int": "integers", "float": "numbers", "bool": "True or False", "str": 
 DTYPES = {"int": "int64", "float": "float64", "bool": "bool", "str": "str"}
 INT64 = np.iinfo(np.int64)
 INTEGER_TEXT = re.compile(r"\s*[-+]?\d+\s*")
-BOOL_TEXT = {"true": True, "false": False}
+BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False}
 
 
 @dataclass(frozen=True)
@@ -173,8 +173,8 @@ def _to_float(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
 
 
 def _to_bool(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    """bool values (from booleans, 0 and 1, or the text true/false in any case) and the mask of
-    cells that are none of those."""
+    """bool values (from booleans, 0 and 1, or the text true, false, 1 or 0 in any case) and the
+    mask of cells that are none of those."""
     if pd.api.types.is_bool_dtype(values):
         return values.astype(bool), np.zeros(len(values), dtype=bool)
     mapped = values.map(_parse_bool)
