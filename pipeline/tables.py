@@ -68,6 +68,15 @@ class Table:
         """Declared column -> pandas dtype."""
         return {column.name: DTYPES[column.kind] for column in self.columns}
 
+    def frame(self, **columns) -> pd.DataFrame:
+        """A table of this kind from its columns (arrays, or scalars repeated), in the declared
+        order. A required column missing, or an undeclared one, is a bug in the writer."""
+        missing = [name for name in self.required if name not in columns]
+        unknown = [name for name in columns if name not in self.names]
+        if missing or unknown:
+            raise ValueError(f"{self.title} table: missing {missing}, undeclared {unknown}")
+        return pd.DataFrame({name: columns[name] for name in self.names if name in columns})
+
     def read(self, path: str | os.PathLike, require: Sequence[str] = ()) -> pd.DataFrame:
         """Read the table at ``path`` (CSV or parquet) and :meth:`check` it."""
         path = Path(path)

@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline.errors import PipelineError
 
@@ -64,15 +63,13 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.cluster.knn import check_normalised, knn
     from pipeline.features.store import read_features
     from pipeline.io import write_table
+    from pipeline.tables import GLOBAL_CLUSTERS
 
     check_options(args)
     fs = read_features(args.features)
     check_normalised(fs.features, str(args.features))
     if args.method == "infomap":
         warn_few_neighbours("--k", args.k, args.k, len(fs), args.features)
-    else:  # k1 counts the image itself
-        warn_few_neighbours("--k1", args.k1, args.k1 - 1, len(fs), args.features)
-    if args.method == "infomap":
         sims, idx = knn(fs.features, args.k, args.knn, seed=args.seed)
         clusters = infomap_clusters(
             sims, idx, args.min_sim, args.min_size, args.seed, args.tune_iterations
@@ -83,12 +80,13 @@ def run(args: argparse.Namespace) -> None:
             "min_size": args.min_size,
             "tune_iterations": args.tune_iterations,
         }
-    else:
+    else:  # k1 counts the image itself
+        warn_few_neighbours("--k1", args.k1, args.k1 - 1, len(fs), args.features)
         sims, idx = knn(fs.features, max(args.k1, args.k2) - 1, args.knn, seed=args.seed)
         clusters = dbscan_clusters(fs.features, idx, args.k1, args.k2, args.eps, args.min_samples)
         params = {"k1": args.k1, "k2": args.k2, "eps": args.eps, "min_samples": args.min_samples}
     write_table(
-        pd.DataFrame({"index_row": fs.index_row, "camid": fs.camid, "cluster": clusters}),
+        GLOBAL_CLUSTERS.frame(index_row=fs.index_row, camid=fs.camid, cluster=clusters),
         args.out,
     )
     if args.out_neighbours:

@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline.errors import PipelineError
 
@@ -54,6 +53,7 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.features.store import read_features
     from pipeline.io import write_table
     from pipeline.stages.cluster_global import warn_few_neighbours
+    from pipeline.tables import LOCAL_LABELS
 
     fs = read_features(args.features)
     in_camera = fs.camid == args.camera
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
         sparse_threshold=args.sparse_threshold,
         knn_method=args.knn,
     )
-    table = pd.DataFrame({"index_row": fs.index_row, "camid": fs.camid, "local_label": labels})
+    table = LOCAL_LABELS.frame(index_row=fs.index_row, camid=fs.camid, local_label=labels)
     write_table(table, args.out)
     log.info(
         "camera %d: %d images -> %d local clusters (%s, %s)",

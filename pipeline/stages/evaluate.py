@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from pipeline.errors import PipelineError
 
@@ -122,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
         "num_valid_query": metrics.num_valid_query,
         "reranking": bool(args.rerank),
     }
-    write_table(pd.DataFrame([row], columns=METRICS.names), args.out)
+    write_table(METRICS.frame(**{name: [value] for name, value in row.items()}), args.out)
     log.info("%s", _format_table(args, metrics, len(gallery), seconds))
 
 

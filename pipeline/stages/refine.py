@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> None:
         warn_few_neighbours,
         write_summary,
     )
+    from pipeline.tables import REFINED_LABELS
 
     if not 0.0 <= args.weight_floor <= 1.0:
         raise PipelineError(f"--weight-floor must be in [0, 1], got {args.weight_floor}")
@@ -136,16 +137,14 @@ def run(args: argparse.Namespace) -> None:
         mean_distance = result.mean_distance
     weights = sample_weights(labels, fs.camid, args.weight_floor)
 
-    table = pd.DataFrame(
-        {
-            "index_row": fs.index_row,
-            "camid": fs.camid,
-            "cluster": clusters,
-            "label": labels,
-            "pivot": pivots,
-            "discarded": discarded,
-            "weight": weights,
-        }
+    table = REFINED_LABELS.frame(
+        index_row=fs.index_row,
+        camid=fs.camid,
+        cluster=clusters,
+        label=labels,
+        pivot=pivots,
+        discarded=discarded,
+        weight=weights,
     )
     write_table(table, args.out)
     summary = {

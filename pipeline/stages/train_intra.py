@@ -44,13 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     import numpy as np
-    import pandas as pd
 
     from pipeline.cluster.agglomerative import n_local_clusters
     from pipeline.errors import PipelineError
     from pipeline.io import write_table
     from pipeline.models.checkpoint import load_checkpoint
-    from pipeline.tables import INDEX
+    from pipeline.tables import INDEX, LOCAL_LABELS
     from pipeline.train.intra import LocalClustering, intra_epoch, local_labels, quality_stats
     from pipeline.train.options import job_from_args, options_from_args
     from pipeline.train.runner import extract, finish, train
@@ -99,12 +98,8 @@ def run(args: argparse.Namespace) -> None:
     )
     labels = local_labels(extract(result.model, paths, options), clustering)
     write_table(
-        pd.DataFrame(
-            {
-                "index_row": rows.index.to_numpy(dtype=np.int64),
-                "camid": args.camera,
-                "local_label": labels,
-            }
+        LOCAL_LABELS.frame(
+            index_row=rows.index.to_numpy(dtype=np.int64), camid=args.camera, local_label=labels
         ),
         args.out_labels,
     )
