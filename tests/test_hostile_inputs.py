@@ -311,7 +311,7 @@ def test_manifest_camera_that_is_not_an_integer_among_integers(tmp_path, capsys)
     make_images(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
     (tmp_path / "m.csv").write_text("path,camera\na.jpg,1\nb.jpg,1.5\nc.jpg,2\n")
     err = fails(capsys, *index_args(tmp_path / "m.csv", tmp_path / "i.csv", dataset="manifest"))
-    assert "1 row(s) have a camera that is a number but not an integer: line 3" in err
+    assert "1 row(s) have a camera that is a number but not an integer: line 3 (1.5)" in err
 
 
 def test_manifest_camera_name_among_integers(tmp_path, capsys):

@@ -413,10 +413,12 @@ def read_manifest(csv_path: Path) -> pd.DataFrame:
     index = pd.DataFrame({"path": paths, "pid": pid, "split": split})
     camera = table["camera"]
     integer = camera.str.fullmatch(r"-?\d+")
+    with_camera = lines + " (" + camera + ")"
     fail_rows(
         pd.to_numeric(camera, errors="coerce").notna() & ~integer,
         "have a camera that is a number but not an integer",
         "a camera is an integer (kept as it is) or a name (numbered 1..C)",
+        with_camera,
     )
     if integer.any() and not integer.all():
         # the fewer kind is the odd one out: a name among integers, or an integer among names
@@ -426,7 +428,7 @@ def read_manifest(csv_path: Path) -> pd.DataFrame:
             f"have {kind} as camera while the other rows have "
             + ("integers" if kind == "a name" else "names"),
             "use integers for every camera or names for every camera",
-            lines + " (" + camera + ")",
+            with_camera,
         )
     if integer.all():
         index["camid"] = _integers(camera, csv_path, ID_NAMES["camid"], lines)
