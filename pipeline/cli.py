@@ -92,3 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     except PipelineError as exc:
         print(f"pipeline {args.stage}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # the shell's convention for a job ended by SIGINT: 128 + 2
+        print(
+            f"pipeline {args.stage}: interrupted; nothing half-written was kept, and rerunning "
+            "the same command resumes (training from its last completed epoch)",
+            file=sys.stderr,
+        )
+        sys.exit(130)

@@ -59,6 +59,9 @@ class Bounds:
         if self.minimum is not None and self.maximum is not None:
             inside = self.minimum <= value <= self.maximum
             return None if inside else f"must lie in [{self.minimum:g}, {self.maximum:g}]"
+        low, high = self.exclusive_minimum, self.exclusive_maximum
+        if low is not None and high is not None:
+            return None if low < value < high else f"must lie strictly between {low:g} and {high:g}"
         rules = (
             (self.minimum, lambda v, b: v >= b, "{:g} or more"),
             (self.maximum, lambda v, b: v <= b, "{:g} or less"),

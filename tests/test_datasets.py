@@ -9,12 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.data.datasets import (
-    DATASETS,
-    INDEX_COLUMNS,
-    read_dataset,
-    summarize_index,
-)
+from pipeline.data.datasets import DATASETS, read_dataset, summarize_index
 from pipeline.data.validate import (
     check_images_readable,
     check_training_cameras,
@@ -22,6 +17,9 @@ from pipeline.data.validate import (
     unreadable_images,
 )
 from pipeline.errors import PipelineError
+from pipeline.tables import INDEX
+
+INDEX_COLUMNS = INDEX.required
 
 
 def _jpeg() -> bytes:

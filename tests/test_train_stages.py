@@ -133,24 +133,28 @@ def test_killed_job_resumes_and_ends_bitwise_identical(inputs, tmp_path, monkeyp
     train_inter(inputs, straight, deterministic=True)
 
     killed = tmp_path / "killed"
-    real_save = runner.save_checkpoint
+    real_write_log = runner.write_log
 
-    def save_then_die(path, state):
-        real_save(path, state)
+    def log_then_die(history, path):  # after the partial checkpoint and log of epoch 1
+        real_write_log(history, path)
         raise Killed
 
-    monkeypatch.setattr(runner, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(runner, "write_log", log_then_die)
     with pytest.raises(Killed):
         train_inter(inputs, killed, deterministic=True)
-    monkeypatch.setattr(runner, "save_checkpoint", real_save)
+    monkeypatch.setattr(runner, "write_log", real_write_log)
     partial = killed / "model.partial.pt"
     assert load_checkpoint(partial)["epoch"] == 1
     assert not (killed / "model.pt").exists()
+    # the log so far lies beside the partial checkpoint, never at --log, which looks finished
+    partial_log = killed / "model.partial.log.csv"
+    assert read_table(partial_log)["epoch"].tolist() == [1]
+    assert not (killed / "log.csv").exists()
 
     with caplog.at_level(logging.INFO, logger="pipeline.train.runner"):
         train_inter(inputs, killed, deterministic=True)
     assert "resuming from" in caplog.text and "after epoch 1" in caplog.text
-    assert not partial.exists()
+    assert not partial.exists() and not partial_log.exists()
 
     expected = load_checkpoint(straight / "model.pt")
     resumed = load_checkpoint(killed / "model.pt")

@@ -26,6 +26,7 @@ class Clusterer:
 
     options: type  # its settings class
     neighbours: Callable[[Any], int]  # options -> neighbours per image its kNN lists need
+    neighbours_setting: str  # the setting that decides that number (named in warnings)
     # (features, similarities, indices, options, seed) -> labels
     cluster: Callable[[np.ndarray, np.ndarray, np.ndarray, Any, int], np.ndarray]
 
@@ -34,13 +35,15 @@ CLUSTERERS: dict[str, Clusterer] = {
     "infomap": Clusterer(
         InfomapOptions,
         neighbours=lambda options: options.k,
+        neighbours_setting="k",
         cluster=lambda features, sims, idx, options, seed: infomap_clusters(
             sims, idx, options.min_sim, options.min_size, seed, options.tune_iterations
         ),
     ),
     "dbscan": Clusterer(
         DbscanOptions,
-        neighbours=lambda options: max(options.k1, options.k2) - 1,
+        neighbours=lambda options: max(options.k1, options.k2) - 1,  # k1 counts the image
+        neighbours_setting="k1",
         cluster=lambda features, sims, idx, options, seed: dbscan_clusters(
             features, idx, options.k1, options.k2, options.eps, options.min_samples
         ),

@@ -9,18 +9,22 @@ the row number is the image's ``index_row``. Adding a dataset is one reader regi
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.tables import INDEX, SPLITS
 
-SPLITS = ("train", "query", "gallery")
-INDEX_COLUMNS = ("path", "camid", "pid", "split")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MAX_NAMED = 5  # offending files or rows named in an error message
+INT64 = np.iinfo(np.int64)
+INT64_DIGITS = len(str(INT64.max))  # a shorter decimal always fits
+ID_NAMES = {"pid": "person id", "camid": "camera id"}  # in messages
 
 # <pid>_c<camera>...: Market-1501 0002_c1s1_000451_03.jpg, DukeMTMC-reID 0001_c2_f0046182.jpg,
 # VeRi-776 0002_c002_00030600_0.jpg; pid -1 marks junk, 0000 distractors
@@ -62,6 +66,11 @@ def read_dataset(name: str, root: Path) -> pd.DataFrame:
             f"{', '.join(sorted(DATASETS))}"
         )
     root = Path(os.path.abspath(root))
+    if not _is_utf8(str(root)):
+        raise PipelineError(
+            f"{_shown(str(root))}: the dataset root's path is not valid UTF-8, which the index "
+            "(a UTF-8 table) cannot hold; rename the folder (option --root)"
+        )
     if not root.exists():
         raise PipelineError(f"{root}: dataset root not found (option --root); check the path")
     return DATASETS[name](root)
@@ -82,14 +91,74 @@ def summarize_index(index: pd.DataFrame) -> str:
 
 
 def _finish(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate per-split frames into the index: typed columns, ordered, RangeIndex."""
+    """Concatenate per-split frames into the index: typed columns, ordered, RangeIndex; the
+    same image file reached through two paths (symbolic links) is an error."""
     index = pd.concat(frames, ignore_index=True)
     order = index["split"].map({s: i for i, s in enumerate(SPLITS)})
     index = index.assign(_order=order).sort_values(["_order", "path"], kind="stable")
     index = index.drop(columns="_order").reset_index(drop=True)
-    extra = [c for c in index.columns if c not in INDEX_COLUMNS]
-    index = index[[*INDEX_COLUMNS, *extra]]
-    return index.astype({"path": str, "camid": "int64", "pid": "int64", "split": str})
+    extra = [c for c in index.columns if c not in INDEX.required]
+    index = index[[*INDEX.required, *extra]]
+    index = index.astype({c: t for c, t in INDEX.dtypes.items() if c in index})
+    _check_aliases(index)
+    return index
+
+
+def _check_aliases(index: pd.DataFrame) -> None:
+    """Fail if two index paths are the same file (through a symbolic link to a file or to a
+    folder): the image would be counted twice, possibly in two splits."""
+    paths = index["path"]
+    folders = {folder: os.path.realpath(folder) for folder in paths.map(os.path.dirname).unique()}
+    real = paths.map(
+        lambda p: (
+            os.path.realpath(p)
+            if os.path.islink(p)
+            else os.path.join(folders[os.path.dirname(p)], os.path.basename(p))
+        )
+    )
+    repeated = real.duplicated(keep=False)
+    if repeated.any():
+        listed = (
+            (paths + " (" + index["split"] + ")")[repeated]
+            .groupby(real[repeated])
+            .agg(" and ".join)
+        )
+        aliases = [f"{target} is listed as {names}" for target, names in listed.items()]
+        raise PipelineError(
+            f"{len(aliases)} image file(s) are listed more than once through symbolic links: "
+            f"{_named(aliases)}; list each image once (remove the link, or the file it points "
+            "to, from the dataset)"
+        )
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` (a name from the file system) is valid UTF-8: Python keeps the bytes
+    of an invalid name as lone surrogates, which no UTF-8 table can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """A file name for a message, its invalid bytes as escapes (b'...\\xff...')."""
+    return name if _is_utf8(name) else repr(os.fsencode(name))
+
+
+def _integers(values: pd.Series, where: Path, what: str, named: pd.Series) -> pd.Series:
+    """Decimal text -> int64; fail naming ``named`` (the files or lines) where a value does
+    not fit in 64 bits."""
+    digits = values.str.lstrip("+-").str.lstrip("0").str.len()
+    suspect = values[digits >= INT64_DIGITS]
+    too_large = suspect.map(lambda v: not INT64.min <= int(v) <= INT64.max)
+    if too_large.any():
+        bad = too_large.index[too_large.to_numpy()]
+        raise PipelineError(
+            f"{where}: {len(bad)} {what} value(s) too large for a 64-bit integer: "
+            f"{_named(named[bad])}; renumber them"
+        )
+    return values.astype("int64")
 
 
 def _named(items: Sequence[str], limit: int = MAX_NAMED) -> str:
@@ -100,7 +169,8 @@ def _named(items: Sequence[str], limit: int = MAX_NAMED) -> str:
 
 
 def _parse(values: pd.Series, pattern: str, where: Path, expected: str) -> pd.DataFrame:
-    """Extract ``pattern``'s named groups as integers; fail naming the values that don't match."""
+    """Extract ``pattern``'s named groups as integers; fail naming the values that don't match
+    or don't fit in 64 bits."""
     parts = values.str.extract(pattern)
     bad = values[parts.isna().any(axis=1)]
     if len(bad):
@@ -108,7 +178,7 @@ def _parse(values: pd.Series, pattern: str, where: Path, expected: str) -> pd.Da
             f"{where}: {len(bad)} file name(s) do not parse as {expected}: {_named(bad)}; "
             "rename or remove them"
         )
-    return parts.astype("int64")
+    return parts.apply(lambda column: _integers(column, where, ID_NAMES[column.name], values))
 
 
 def _require_folder(root: Path, what: str) -> None:
@@ -117,13 +187,43 @@ def _require_folder(root: Path, what: str) -> None:
 
 
 def _list_images(folder: Path) -> list[str]:
-    """Names of the image files directly in ``folder`` (others, such as Thumbs.db, ignored)."""
+    """Names of the image files directly in ``folder`` (others, such as Thumbs.db, ignored).
+
+    An entry with an image suffix that is a symbolic link loop, a dangling symbolic link, or
+    a name that is not valid UTF-8 is an error naming it: skipping it would drop an image
+    without a word.
+    """
+    names, problems = [], []
     with os.scandir(folder) as entries:
-        return sorted(
-            entry.name
-            for entry in entries
-            if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
+        for entry in entries:
+            if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+                continue
+            problem = _entry_problem(entry)
+            if problem:
+                problems.append(f"{_shown(entry.name)} ({problem})")
+            elif entry.is_file():
+                names.append(entry.name)
+    if problems:
+        raise PipelineError(
+            f"{folder}: {len(problems)} image entr(ies) cannot be indexed: "
+            f"{_named(sorted(problems))}; fix or remove them"
         )
+    return sorted(names)
+
+
+def _entry_problem(entry: os.DirEntry) -> str | None:
+    """Why a directory entry with an image suffix cannot be indexed, or None."""
+    if not _is_utf8(entry.name):
+        return "the name is not valid UTF-8: rename it"
+    try:
+        entry.stat()  # follows symbolic links
+    except FileNotFoundError:
+        return f"dangling symbolic link to {os.readlink(entry.path)}"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"cannot be read: {exc.strerror}"
+    return None
 
 
 def _read_split_folders(root: Path, what: str, folders: dict[str, str]) -> pd.DataFrame:
@@ -183,16 +283,23 @@ def _read_msmt_list(list_file: Path, folder: Path) -> pd.DataFrame:
             f"{list_file}: MSMT17 list file not found; the dataset root must hold "
             f"{', '.join(name for lists in MSMT_LISTS.values() for name, _ in lists)}"
         )
-    lines = pd.Series(list_file.read_text().splitlines(), dtype=str)
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PipelineError(
+            f"{list_file}: not valid UTF-8 text (byte {exc.start}); fix the list file"
+        ) from exc
+    lines = pd.Series(text.splitlines(), dtype=str)
     lines = lines[lines.str.strip() != ""]
+    numbers = "line " + pd.Series(lines.index + 1, index=lines.index).astype(str)
     parts = lines.str.extract(MSMT_LIST_LINE)
     bad = parts["pid"].isna()
     if bad.any():
-        numbers = [f"line {i + 1}" for i in lines.index[bad]]
         raise PipelineError(
             f"{list_file}: {int(bad.sum())} line(s) are not '<image path> <pid>': "
-            f"{_named(numbers)}; fix or remove them"
+            f"{_named(numbers[bad])}; fix or remove them"
         )
+    pid = _integers(parts["pid"], list_file, ID_NAMES["pid"], numbers)
     camid = _parse(parts["relpath"], MSMT_CAMERA_NAME, list_file, "<pid>_<n>_<camera>_...")
     paths = (str(folder) + "/" + parts["relpath"]).map(os.path.normpath)
     missing = paths[~paths.map(os.path.isfile)]
@@ -201,7 +308,7 @@ def _read_msmt_list(list_file: Path, folder: Path) -> pd.DataFrame:
             f"{list_file}: {len(missing)} listed image(s) not found under {folder}/: "
             f"{_named(missing)}; the download is incomplete or the list belongs to another layout"
         )
-    return pd.DataFrame({"path": paths, "camid": camid["camid"], "pid": parts["pid"]})
+    return pd.DataFrame({"path": paths, "camid": camid["camid"], "pid": pid})
 
 
 @register("msmt17")
@@ -303,10 +410,29 @@ def read_manifest(csv_path: Path) -> pd.DataFrame:
         located,
     )
 
-    index = pd.DataFrame({"path": paths, "pid": pid.mask(pid == "", "-1"), "split": split})
+    pid = _integers(pid.mask(pid == "", "-1"), csv_path, ID_NAMES["pid"], lines)
+    index = pd.DataFrame({"path": paths, "pid": pid, "split": split})
     camera = table["camera"]
-    if camera.str.fullmatch(r"-?\d+").all():
-        index["camid"] = camera
+    integer = camera.str.fullmatch(r"-?\d+")
+    with_camera = lines + " (" + camera + ")"
+    fail_rows(
+        pd.to_numeric(camera, errors="coerce").notna() & ~integer,
+        "have a camera that is a number but not an integer",
+        "a camera is an integer (kept as it is) or a name (numbered 1..C)",
+        with_camera,
+    )
+    if integer.any() and not integer.all():
+        # the fewer kind is the odd one out: a name among integers, or an integer among names
+        odd, kind = (~integer, "a name") if integer.mean() >= 0.5 else (integer, "an integer")
+        fail_rows(
+            odd,
+            f"have {kind} as camera while the other rows have "
+            + ("integers" if kind == "a name" else "names"),
+            "use integers for every camera or names for every camera",
+            with_camera,
+        )
+    if integer.all():
+        index["camid"] = _integers(camera, csv_path, ID_NAMES["camid"], lines)
     else:
         numbers = {name: i + 1 for i, name in enumerate(sorted(camera.unique()))}
         index["camid"] = camera.map(numbers)

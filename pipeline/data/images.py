@@ -40,11 +40,22 @@ class InputSize:
 
 def load_rgb(path: str, min_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode ``path`` as RGB. With ``min_size`` = (height, width), a large JPEG may be decoded
-    at a reduced scale that is still at least that size in both dimensions."""
-    with Image.open(path) as img:
-        if min_size is not None and img.format == "JPEG":
-            img.draft("RGB", (min_size[1], min_size[0]))
-        return img.convert("RGB")
+    at a reduced scale that is still at least that size in both dimensions.
+
+    A file that does not decode is a PipelineError naming it (in a DataLoader worker too: see
+    :class:`PipelineError` for how its message crosses to the main process).
+    """
+    try:
+        with Image.open(path) as img:
+            if min_size is not None and img.format == "JPEG":
+                img.draft("RGB", (min_size[1], min_size[0]))
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # PIL reports broken files as OSError, and some corrupt PNG chunks as SyntaxError
+        raise PipelineError(
+            f"{path}: cannot decode image ({type(exc).__name__}: {exc}); "
+            "replace or remove it and rebuild the index"
+        ) from exc
 
 
 def resize_uint8(image: Image.Image, height: int, width: int) -> torch.Tensor:
@@ -98,12 +109,6 @@ class ResizedImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
-        path = self.paths[position]
-        try:
-            image = load_rgb(path, min_size=self.size)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise PipelineError(
-                f"{path}: cannot decode image ({type(exc).__name__}: {exc}); "
-                "replace or remove it and rebuild the index"
-            ) from exc
-        return resize_uint8(image, *self.size), position
+        return resize_uint8(
+            load_rgb(self.paths[position], min_size=self.size), *self.size
+        ), position

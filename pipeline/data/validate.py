@@ -40,6 +40,25 @@ def check_training_cameras(index: pd.DataFrame, min_images: int) -> None:
     )
 
 
+def check_intra_settings(min_images_per_camera: int, ratio: int) -> None:
+    """Fail when a camera that the index admits (``min_images_per_camera`` training images)
+    could not be split into two local clusters of ``ratio`` images on average
+    (:func:`pipeline.cluster.agglomerative.n_local_clusters`): without this check the setting
+    fails only in the intra-camera stage, after the index and the initial features were built.
+    A check of the configuration alone, for the workflow's start-up."""
+    if min_images_per_camera < 2 * ratio:
+        lower = (
+            f" or lower intra.ratio to {min_images_per_camera // 2}"
+            if min_images_per_camera >= 2
+            else ""
+        )
+        raise PipelineError(
+            f"dataset.min_images_per_camera {min_images_per_camera} admits cameras that "
+            f"intra.ratio {ratio} cannot split into 2 local clusters (that needs 2 x {ratio} = "
+            f"{2 * ratio} images); raise min_images_per_camera to {2 * ratio}{lower}"
+        )
+
+
 def decode_error(path: str) -> str | None:
     """Why the image at ``path`` cannot be fully decoded, or None if it can."""
     try:

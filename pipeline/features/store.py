@@ -20,6 +20,7 @@ locking protects concurrent writers, there are none, and on many network file sy
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +30,15 @@ import pandas as pd
 from pipeline import __version__
 from pipeline.cluster.labels import first_rows
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output
+from pipeline.io import atomic_output, check_free_space
 
 SCHEMA_VERSION = 1
+CHUNK_ROWS = 1024  # feature rows per HDF5 chunk
+# HDF5's own bytes beyond the data, bounded from measurements (about 42 per path and 10 KiB of
+# metadata for files of 1 to 20,000 rows); the slack covers what the bound misses
+PATH_OVERHEAD = 64
+FILE_OVERHEAD = 64 * 2**10
+FREE_SPACE_SLACK = 2**20
 ROW_DATASETS = ("index_row", "camid", "pid", "path")
 NORM_TOLERANCE = 1e-2  # float16 storage alone moves a unit norm by about 1e-3
 REQUIRED_ATTRS = ("model", "arch", "height", "width", "dtype", "flip", "split", "schema_version")
@@ -95,9 +102,10 @@ def write_features(path: str | os.PathLike, fs: FeatureSet, dtype: str = "float3
     missing = [a for a in REQUIRED_ATTRS if a not in attrs]
     if missing:
         raise PipelineError(f"{path}: feature attributes missing: {', '.join(missing)}")
+    check_room_for_features(path, fs.path, fs.features.shape[1], dtype)
     with atomic_output(path) as tmp:
         with h5py.File(tmp, "w", locking=False) as h5:
-            chunk_rows = max(1, min(n, 1024))
+            chunk_rows = max(1, min(n, CHUNK_ROWS))
             h5.create_dataset(
                 "features",
                 data=fs.features.astype(dtype, copy=False),
@@ -111,6 +119,30 @@ def write_features(path: str | os.PathLike, fs: FeatureSet, dtype: str = "float3
             )
             for key, value in attrs.items():
                 h5.attrs[key] = value
+
+
+def check_room_for_features(
+    path: str | os.PathLike, paths: Sequence[str], dim: int, dtype: str
+) -> None:
+    """Fail naming ``path`` unless a feature file of ``dim``-d ``dtype`` features of the images
+    ``paths`` fits in its folder. HDF5 does not survive a full disk (h5py may crash the
+    process), so :func:`write_features` checks first; extraction can check before it starts.
+
+    The size is bounded from above: the feature chunks (the last one is stored whole), the row
+    datasets, the paths and HDF5's overhead.
+    """
+    n = len(paths)
+    chunk_rows = max(1, min(n, CHUNK_ROWS))
+    stored_rows = -(-n // chunk_rows) * chunk_rows
+    path_bytes = sum(len(str(p).encode("utf-8", "surrogateescape")) for p in paths)
+    bound = (
+        stored_rows * dim * np.dtype(dtype).itemsize
+        + n * len(("index_row", "camid", "pid")) * np.dtype(np.int64).itemsize
+        + path_bytes
+        + n * PATH_OVERHEAD
+        + FILE_OVERHEAD
+    )
+    check_free_space(path, bound + FREE_SPACE_SLACK)
 
 
 def read_features(path: str | os.PathLike, index: pd.DataFrame | None = None) -> FeatureSet:
@@ -158,6 +190,14 @@ def read_features(path: str | os.PathLike, index: pd.DataFrame | None = None) ->
                 f"{path}: dataset {name} has {len(getattr(fs, name))} rows, features have {n}; "
                 "the file is corrupt, re-extract it"
             )
+    repeated = pd.Series(fs.index_row).duplicated().to_numpy()
+    if repeated.any():
+        first = int(np.flatnonzero(repeated)[0])
+        raise PipelineError(
+            f"{path}: {int(repeated.sum())} feature row(s) repeat an index row, first at feature "
+            f"row {first} (index row {fs.index_row[first]}: {fs.path[first]}); every image must "
+            "have one feature row. The file was not written by `pipeline extract`: re-extract it"
+        )
     check_features(fs.features, path)
     if index is not None:
         check_alignment(fs, index, path)

@@ -9,10 +9,8 @@ import pandas as pd
 
 from pipeline.errors import PipelineError
 from pipeline.report.figures import percent
+from pipeline.tables import COMPARISON, METRIC_VALUES
 
-METRIC_COLUMNS = ("mAP", "rank1", "rank5", "rank10", "mINP")
-METRICS_REQUIRED = ("experiment", "dataset", "epoch", *METRIC_COLUMNS)
-COMPARISON_COLUMNS = ("experiment", "dataset", "epoch", "reranking", *METRIC_COLUMNS)
 DISPLAY_NAMES = {
     "experiment": "Experiment",
     "dataset": "Dataset",
@@ -52,14 +50,14 @@ def comparison_table(metrics: Sequence[pd.DataFrame], sources: Sequence[str]) ->
     """One row per metrics table (per re-ranking setting) with the final model's metrics, in
     the order the tables are given; values stay fractions in [0, 1]."""
     rows = [final_metrics(table, source) for table, source in zip(metrics, sources, strict=True)]
-    return pd.concat(rows, ignore_index=True)[list(COMPARISON_COLUMNS)]
+    return pd.concat(rows, ignore_index=True)[COMPARISON.names]
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` for people: metrics as percentages with one decimal, re-ranking as yes/no,
     columns named as in the paper's tables."""
     shown = table.copy()
-    for column in METRIC_COLUMNS:
+    for column in METRIC_VALUES:
         if column in shown:
             shown[column] = shown[column].map(percent)
     if "reranking" in shown:

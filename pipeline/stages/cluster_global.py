@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline import settings
 from pipeline.errors import PipelineError
@@ -62,6 +61,7 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.features.store import read_features
     from pipeline.io import write_table
     from pipeline.runtime import Seed
+    from pipeline.tables import GLOBAL_CLUSTERS
 
     if args.method not in CLUSTERERS:
         raise PipelineError(f"--method must be one of {', '.join(CLUSTERERS)}, got {args.method}")
@@ -70,11 +70,15 @@ def run(args: argparse.Namespace) -> None:
     search = settings.from_args(NeighbourSearch, args)
     seed = settings.from_args(Seed, args).seed
     fs = read_features(args.features)
-    sims, idx = knn(fs.features, clusterer.neighbours(options), search.knn, seed=seed)
+    neighbours = clusterer.neighbours(options)
+    name = clusterer.neighbours_setting
+    flag = "--" + name.replace("_", "-")
+    warn_few_neighbours(flag, getattr(options, name), neighbours, len(fs), args.features)
+    sims, idx = knn(fs.features, neighbours, search.knn, seed=seed)
     clusters = clusterer.cluster(fs.features, sims, idx, options, seed)
     params = asdict(options)
     write_table(
-        pd.DataFrame({"index_row": fs.index_row, "camid": fs.camid, "cluster": clusters}),
+        GLOBAL_CLUSTERS.frame(index_row=fs.index_row, camid=fs.camid, cluster=clusters),
         args.out,
     )
     if args.out_neighbours:
@@ -99,6 +103,26 @@ def run(args: argparse.Namespace) -> None:
         summary["n_clusters"],
         summary["n_outliers"],
     )
+
+
+def warn_few_neighbours(
+    option: str, value: int, neighbours: int, n_images: int, source: os.PathLike | str
+) -> None:
+    """Warn when ``source`` has fewer other images than the ``neighbours`` per image that
+    ``option value`` asks for: the missing ones are no links (pipeline.cluster.knn), so the
+    setting means less than it says."""
+    if neighbours >= n_images:
+        log.warning(
+            "%s %d asks for %d neighbours per image, but %s holds %d image(s): each image has "
+            "only %d; lower %s for so small a dataset",
+            option,
+            value,
+            neighbours,
+            source,
+            n_images,
+            n_images - 1,
+            option,
+        )
 
 
 def write_neighbours(

@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline import settings
 from pipeline.errors import PipelineError
@@ -35,6 +34,8 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.cluster.agglomerative import LocalClustering, camera_local_labels
     from pipeline.features.store import read_features
     from pipeline.io import write_table
+    from pipeline.stages.cluster_global import warn_few_neighbours
+    from pipeline.tables import LOCAL_LABELS
 
     options = settings.from_args(LocalClustering, args)
     fs = read_features(args.features)
@@ -46,8 +47,13 @@ def run(args: argparse.Namespace) -> None:
             f"{cameras or 'none'}"
         )
     fs = fs.subset(in_camera)
+    source = f"{args.features} (camera {args.camera})"
+    if options.distance == "jaccard":  # k1 counts the image itself
+        warn_few_neighbours("--k1", options.k1, options.k1 - 1, len(fs), source)
+    elif len(fs) > options.sparse_threshold:
+        warn_few_neighbours("--k", options.k, options.k, len(fs), source)
     labels = camera_local_labels(fs.features, options, args.camera)
-    table = pd.DataFrame({"index_row": fs.index_row, "camid": fs.camid, "local_label": labels})
+    table = LOCAL_LABELS.frame(index_row=fs.index_row, camid=fs.camid, local_label=labels)
     write_table(table, args.out)
     log.info(
         "camera %d: %d images -> %d local clusters (%s, %s)",

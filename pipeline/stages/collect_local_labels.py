@@ -16,8 +16,6 @@ import pandas as pd
 
 from pipeline.errors import PipelineError
 
-COLUMNS = ("index_row", "camid", "local_label")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -36,11 +34,11 @@ def read_local_label_tables(paths: list[Path]) -> pd.DataFrame:
     """The tables at ``paths`` concatenated (columns index_row, camid, local_label), checked:
     each is non-empty with labels >= 0, and no index_row appears twice (the error names the
     files that list it)."""
-    from pipeline.io import read_table
+    from pipeline.tables import LOCAL_LABELS
 
     tables = []
     for path in paths:
-        table = read_table(path, COLUMNS)
+        table = LOCAL_LABELS.read(path)
         if table.empty:
             raise PipelineError(
                 f"{path}: local-label table is empty; rerun `pipeline cluster-intra` for its camera"
@@ -48,7 +46,7 @@ def read_local_label_tables(paths: list[Path]) -> pd.DataFrame:
         if (table["local_label"] < 0).any():
             first = int(table.loc[table["local_label"] < 0, "index_row"].iloc[0])
             raise PipelineError(f"{path}: negative local_label (first at index_row {first})")
-        tables.append(table.loc[:, list(COLUMNS)].assign(_source=str(path)))
+        tables.append(table.loc[:, LOCAL_LABELS.names].assign(_source=str(path)))
     table = pd.concat(tables, ignore_index=True)
     repeated = table["index_row"].duplicated(keep=False)
     if repeated.any():

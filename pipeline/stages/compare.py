@@ -63,16 +63,17 @@ def comparison_markdown(
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.io import atomic_output, read_table, write_table
+    from pipeline.io import atomic_output, write_table
     from pipeline.report.provenance import software_versions
-    from pipeline.report.tables import METRICS_REQUIRED, comparison_table, display_table
+    from pipeline.report.tables import comparison_table, display_table
+    from pipeline.tables import METRICS
 
     config = None
     if args.config is not None:
         if not args.config.is_file():
             raise PipelineError(f"{args.config}: configuration file not found (option --config)")
         config = (args.config, args.config.read_text())
-    tables = [read_table(path, METRICS_REQUIRED) for path in args.metrics]
+    tables = [METRICS.read(path) for path in args.metrics]
     table = comparison_table(tables, [str(path) for path in args.metrics])
     write_table(table, args.out)
     if args.markdown is not None:

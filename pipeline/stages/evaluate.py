@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from pipeline import settings
 from pipeline.errors import PipelineError
@@ -27,20 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METRICS_COLUMNS = (
-    "experiment",
-    "dataset",
-    "epoch",
-    "seed",
-    "mAP",
-    "rank1",
-    "rank5",
-    "rank10",
-    "mINP",
-    "num_query",
-    "num_valid_query",
-    "reranking",
-)
 REPORTED_RANKS = (1, 5, 10)
 
 
@@ -93,10 +78,11 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.evaluate.metrics import evaluate_retrieval
     from pipeline.evaluate.rerank import k_reciprocal_distance_blocks
     from pipeline.features.store import read_features
-    from pipeline.io import read_table, write_table
+    from pipeline.io import write_table
+    from pipeline.tables import INDEX, METRICS
 
     options = settings.from_args(EvaluateOptions, args)
-    index = read_table(args.index, required_columns=("path", "camid", "pid", "split"))
+    index = INDEX.read(args.index)
     query = read_features(args.query_features, index)
     gallery = read_features(args.gallery_features, index)
     for fs, split, path in (
@@ -153,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
         "num_valid_query": metrics.num_valid_query,
         "reranking": options.rerank,
     }
-    write_table(pd.DataFrame([row], columns=list(METRICS_COLUMNS)), args.out)
+    write_table(METRICS.frame(**{name: [value] for name, value in row.items()}), args.out)
     log.info("%s", _format_table(row, options, metrics, len(gallery), seconds))
 
 

@@ -95,10 +95,10 @@ def run(args: argparse.Namespace) -> None:
         resolve_amp,
         resolve_device,
     )
-    from pipeline.features.store import FeatureSet, write_features
-    from pipeline.io import read_table
+    from pipeline.features.store import FeatureSet, check_room_for_features, write_features
     from pipeline.models.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
     from pipeline.runtime import Device, set_determinism
+    from pipeline.tables import INDEX
 
     if args.out.suffix.lower() not in FEATURE_SUFFIXES:
         raise PipelineError(
@@ -110,9 +110,9 @@ def run(args: argparse.Namespace) -> None:
     where = settings.from_args(Device, args)
     device = resolve_device(where.device)
     set_determinism(where.deterministic)
-    index = read_table(args.index, required_columns=("path", "camid", "pid", "split"))
+    index = INDEX.read(args.index)
     rows = select_rows(index, args.split, args.camera, args.index)
-    state = load_checkpoint(args.checkpoint)
+    state = load_checkpoint(args.checkpoint, "--checkpoint")
     checkpoint_sha256 = file_sha256(args.checkpoint)
     if "pretrained" not in state:
         raise PipelineError(
@@ -126,6 +126,8 @@ def run(args: argparse.Namespace) -> None:
             args.checkpoint,
         )
     model = model_from_checkpoint(state)
+    # fail now rather than after the extraction
+    check_room_for_features(args.out, rows["path"].tolist(), model.feature_dim, options.dtype)
     amp_dtype = resolve_amp(options.amp, device)
     precision = str(amp_dtype).removeprefix("torch.") if amp_dtype else "off"
     workers = default_num_workers(device) if options.workers is None else options.workers

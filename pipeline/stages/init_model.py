@@ -86,11 +86,11 @@ def calibration_paths(index_path: Path, images: int, seed: int) -> list[str]:
     import numpy as np
 
     from pipeline.features.extract import check_files_exist
-    from pipeline.io import read_table
+    from pipeline.tables import INDEX
 
     if images < 0:
         raise PipelineError(f"--calibration-images must be 0 (all) or more, got {images}")
-    index = read_table(index_path, required_columns=("path", "split"))
+    index = INDEX.read(index_path)
     paths = index.loc[index["split"] == "train", "path"].to_numpy()
     if len(paths) < 2:
         raise PipelineError(

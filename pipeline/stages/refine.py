@@ -92,12 +92,19 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.features.store import read_features
     from pipeline.io import write_table
     from pipeline.runtime import Seed
-    from pipeline.stages.cluster_global import read_neighbour_similarities, write_summary
+    from pipeline.stages.cluster_global import (
+        read_neighbour_similarities,
+        warn_few_neighbours,
+        write_summary,
+    )
+    from pipeline.tables import REFINED_LABELS
 
     options = settings.from_args(RefineOptions, args)
     search = settings.from_args(NeighbourSearch, args)
     seed = settings.from_args(Seed, args).seed
     fs = read_features(args.features)
+    if options.mode != "none":
+        warn_few_neighbours("--pivot-k", options.pivot_k, options.pivot_k, len(fs), args.features)
     clusters = aligned_clusters(args.clusters, fs.index_row, fs.camid)
     if options.mode == "none":
         if args.local_labels:
@@ -144,16 +151,14 @@ def run(args: argparse.Namespace) -> None:
         mean_distance = result.mean_distance
     weights = sample_weights(labels, fs.camid, options.weight_floor)
 
-    table = pd.DataFrame(
-        {
-            "index_row": fs.index_row,
-            "camid": fs.camid,
-            "cluster": clusters,
-            "label": labels,
-            "pivot": pivots,
-            "discarded": discarded,
-            "weight": weights,
-        }
+    table = REFINED_LABELS.frame(
+        index_row=fs.index_row,
+        camid=fs.camid,
+        cluster=clusters,
+        label=labels,
+        pivot=pivots,
+        discarded=discarded,
+        weight=weights,
     )
     write_table(table, args.out)
     summary = {
@@ -188,9 +193,9 @@ def run(args: argparse.Namespace) -> None:
 
 def aligned_clusters(path: Path, index_row: np.ndarray, camid: np.ndarray) -> np.ndarray:
     """The ``cluster`` column of the global clusters table, in feature row order."""
-    from pipeline.io import read_table
+    from pipeline.tables import GLOBAL_CLUSTERS
 
-    table = read_table(path, ("index_row", "camid", "cluster"))
+    table = GLOBAL_CLUSTERS.read(path)
     if len(table) != len(index_row):
         raise PipelineError(
             f"{path}: {len(table)} rows but the features have {len(index_row)}; the clusters "

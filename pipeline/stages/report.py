@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # the report modules import matplotlib: only inside run(), fo
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ("path", "camid", "pid", "split")
 THUMBNAIL_SIZE = (64, 128)  # width, height of the images in the retrieval grid
 
 
@@ -155,25 +154,26 @@ def retrieval_rows(
 
 def run(args: argparse.Namespace) -> None:
     from pipeline.features.store import read_features
-    from pipeline.io import atomic_output, read_table, write_table
+    from pipeline.io import atomic_output, write_table
     from pipeline.report.curves import concat_train_logs, plot_curves
     from pipeline.report.embedding import plot_camera_embedding, sample_rows
     from pipeline.report.figures import save_figure
     from pipeline.report.refinement import cluster_quality_table, plot_cluster_quality, round_table
     from pipeline.report.retrieval import plot_retrieval
     from pipeline.report.summary import summary_markdown
-    from pipeline.report.tables import METRICS_REQUIRED, final_metrics
+    from pipeline.report.tables import final_metrics
+    from pipeline.tables import INDEX, METRICS, TRAINING_LOG
 
     options = settings.from_args(ReportOptions, args)
     seed = settings.from_args(Seed, args).seed
 
-    index = read_table(args.index, INDEX_COLUMNS)
+    index = INDEX.read(args.index)
     epochs = concat_train_logs(
-        [read_table(path, ("epoch",)) for path in args.train_logs],
+        [TRAINING_LOG.read(path) for path in args.train_logs],
         [str(path) for path in args.train_logs],
     )
     summaries = [read_summary(path) for path in args.refine_summaries]
-    metrics = read_table(args.metrics, METRICS_REQUIRED)
+    metrics = METRICS.read(args.metrics)
     own = metrics[metrics["experiment"].astype(str) == args.experiment]
     if len(metrics) and own.empty:
         raise PipelineError(

@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> None:
     import json
 
     from pipeline.errors import PipelineError
-    from pipeline.io import read_table
     from pipeline.models.checkpoint import load_checkpoint
+    from pipeline.tables import INDEX, REFINED_LABELS
     from pipeline.train.inter import (
         inter_epoch,
         inter_training_set,
@@ -67,11 +67,10 @@ def run(args: argparse.Namespace) -> None:
     loss_options = {name: settings.from_args(term.options, args) for name, term in LOSSES.items()}
     weighted = loss_options["contrastive"].cluster_weights
     camera_loss = loss_options["camera"]
-    index = read_table(args.index, ("path", "camid", "pid", "split"))
-    columns = ("index_row", "camid", "label") + (("weight",) if weighted else ())
+    index = INDEX.read(args.index)
     training_set = inter_training_set(
         index,
-        read_table(args.labels, columns),
+        REFINED_LABELS.read(args.labels, require=("weight",) if weighted else ()),
         use_weights=weighted,
         where=args.labels,
     )
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace) -> None:
                 f"{args.refine_summary}: cannot read the refinement summary (option "
                 f"--refine-summary: {exc}); rerun `pipeline refine`"
             ) from exc
-    init_state = load_checkpoint(args.init)
+    init_state = load_checkpoint(args.init, "--init")
     done = int(init_state.get("epoch", 0)) if "optimizer" in init_state else 0
     if done + args.epochs > args.total_epochs:
         raise PipelineError(

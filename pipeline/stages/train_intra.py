@@ -39,7 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     import numpy as np
-    import pandas as pd
 
     from pipeline.cluster.agglomerative import (
         LocalClustering,
@@ -47,8 +46,9 @@ def run(args: argparse.Namespace) -> None:
         n_local_clusters,
     )
     from pipeline.errors import PipelineError
-    from pipeline.io import read_table, write_table
+    from pipeline.io import write_table
     from pipeline.models.checkpoint import load_checkpoint
+    from pipeline.tables import INDEX, LOCAL_LABELS
     from pipeline.train.intra import intra_epoch, quality_stats
     from pipeline.train.losses import ClusterContrastLoss
     from pipeline.train.options import job_from_args, options_from_args
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> None:
 
     options = options_from_args(args)
     clustering = settings.from_args(LocalClustering, args)
-    index = read_table(args.index, ("path", "camid", "pid", "split"))
+    index = INDEX.read(args.index)
     train_split = index[index["split"] == "train"]
     rows = train_split[train_split["camid"] == args.camera]
     if rows.empty:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> None:
         else None
     )
     initial_input = {"initial_labels": args.initial_labels} if args.initial_labels else {}
-    init_state = load_checkpoint(args.init)
+    init_state = load_checkpoint(args.init, "--init")
     log.info(
         "stage 1 (intra-camera) started: camera %d, %d images, %d epochs, %d local clusters",
         args.camera,
@@ -108,12 +108,8 @@ def run(args: argparse.Namespace) -> None:
     )
     labels = camera_local_labels(extract(result.model, paths, options), clustering, args.camera)
     write_table(
-        pd.DataFrame(
-            {
-                "index_row": rows.index.to_numpy(dtype=np.int64),
-                "camid": args.camera,
-                "local_label": labels,
-            }
+        LOCAL_LABELS.frame(
+            index_row=rows.index.to_numpy(dtype=np.int64), camid=args.camera, local_label=labels
         ),
         args.out_labels,
     )
@@ -135,9 +131,9 @@ def aligned_initial_labels(path, index_rows, camera: int):
     import pandas as pd
 
     from pipeline.errors import PipelineError
-    from pipeline.io import read_table
+    from pipeline.tables import LOCAL_LABELS
 
-    table = read_table(path, ("index_row", "camid", "local_label"))
+    table = LOCAL_LABELS.read(path)
     if (table["camid"] != camera).any():
         raise PipelineError(f"{path}: holds cameras other than {camera} (option --camera)")
     positions = pd.Index(table["index_row"]).get_indexer(index_rows)

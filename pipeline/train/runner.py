@@ -3,14 +3,16 @@
 Per epoch: the stage's ``prepare_epoch`` extracts features with the current model and returns the
 epoch's pseudo labels (stage 1: this epoch's agglomerative clusters; stage 2: the refined labels),
 the cluster memory is rebuilt from those features (Eq. 1-2), one epoch is trained, the scheduler
-steps, and the job's state is written atomically to ``<out>.partial.pt`` with a row of the log.
+steps, and the job's state is written atomically to ``<out>.partial.pt`` and its log so far
+beside it (``<out>.partial.log.csv``), so that a killed job leaves no log at ``--log`` that
+looks finished.
 
 A partial checkpoint holds the model, optimizer, scheduler, loss terms (the camera classifier),
 epoch counter, every random state (:mod:`pipeline.train.state`) and the history, plus a hash of
 the job's
 arguments: a rerun of the same job resumes from its last completed epoch and ends with exactly
 the result of an uninterrupted run; a partial file of another job is ignored. :func:`finish`
-writes the final checkpoint and removes the partial file. The delivered model is always the
+writes the final log and checkpoint and removes the partial files. The delivered model is always the
 last epoch's: there is no model selection.
 """
 
@@ -82,6 +84,13 @@ BuildLosses = Callable[[LossContext], dict[str, LossTerm]]
 def partial_path(out_checkpoint: str | os.PathLike) -> Path:
     out = Path(out_checkpoint)
     return out.with_name(out.name.removesuffix(".pt") + ".partial.pt")
+
+
+def partial_log_path(out_checkpoint: str | os.PathLike, log_path: str | os.PathLike) -> Path:
+    """Where the log of the completed epochs is kept while the job runs: beside the partial
+    checkpoint, in the log's format."""
+    out = Path(out_checkpoint)
+    return out.with_name(out.name.removesuffix(".pt") + ".partial.log" + Path(log_path).suffix)
 
 
 def extract(model: ReIDModel, paths: Sequence[str], options: TrainOptions) -> np.ndarray:
@@ -284,7 +293,7 @@ def train(
     while state.epoch < end_epoch:
         row = state.train_epoch(prepare_epoch(state.model, state.epoch), paths, cameras)
         save_checkpoint(partial, state.snapshot())
-        write_log(state.history, log_path)
+        write_log(state.history, partial_log_path(out_checkpoint, log_path))
         terms = ", ".join(f"{name} {row[f'loss_{name}']:.4f}" for name in state.losses)
         log.info(
             "%s epoch %d/%d: loss %.4f (%s), %d clusters, %d samples, %.1f s",
@@ -303,15 +312,16 @@ def train(
 def finish(
     out_checkpoint: str | os.PathLike, log_path: str | os.PathLike, result: TrainResult
 ) -> None:
-    """Write the final checkpoint and log, then remove the partial checkpoint."""
+    """Write the final checkpoint and log, then remove the partial checkpoint and log."""
     state = {k: v for k, v in result.state.items() if k != "job_hash"}
     write_log(state["history"], log_path)
     save_checkpoint(out_checkpoint, state)
     partial_path(out_checkpoint).unlink(missing_ok=True)
+    partial_log_path(out_checkpoint, log_path).unlink(missing_ok=True)
 
 
 def write_log(history: list[dict], log_path: str | os.PathLike) -> None:
-    """The whole history as a table, one row per epoch (rewritten atomically each epoch)."""
+    """The whole history as a table, one row per epoch (written atomically)."""
     write_table(pd.DataFrame(history), log_path)
 
 
