@@ -36,7 +36,7 @@ def setup(scale: float = 1.0, beta: float = 1.0):
     contrastive = ClusterContrastLoss(momentum=0.2, temperature=0.1, weighted=False)
     camera = CameraAdversarialLoss(8, (0, 1), beta=beta, grl_lambda=1.0)
     targets = EpochTargets(labels=labels, cameras=torch.tensor([0, 1] * 6))
-    camera.start_epoch(torch.zeros(12, 8), targets)
+    camera.start_epoch(0, torch.zeros(12, 8), targets)
     contrastive.memory = ClusterMemory(
         F.normalize(torch.randn(2, 8), dim=1), momentum=0.2, temperature=0.1
     )

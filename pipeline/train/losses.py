@@ -9,9 +9,10 @@ training loop sums.
   camera labels; through R_lambda the encoder is pushed to make cameras indistinguishable.
 - Eq. 9: L = L_inter + beta * L_domain: the loop sums the terms, each times its ``weight``.
 
-A loss term (:class:`LossTerm`) is a module with a name, a weight in the total, and hooks: at
-the start of every epoch it sees the epoch's data (to rebuild a memory), each step it maps a
-:class:`Batch` to a scalar, and after the optimizer's step it may update its state. Its
+A loss term (:class:`LossTerm`) is a module with a name, a weight in the total, and hooks: it
+says in which epochs it is active, at the start of such an epoch it sees the epoch's data (to
+rebuild a memory), each step it maps a :class:`Batch` to a scalar, and after the optimizer's
+step it may update its state. Its
 parameters (a classifier) are optimised with the model's and saved in the checkpoint under its
 name. :data:`LOSSES` holds every term by name, with the settings class that configures it (the
 config's ``inter.losses.<name>`` section; see docs/architecture.md for adding one).
@@ -155,8 +156,14 @@ class LossTerm(nn.Module):
         """The term for these settings, or None when they switch it off."""
         raise NotImplementedError
 
-    def start_epoch(self, features: torch.Tensor, targets: EpochTargets) -> None:
-        """Called with the epoch's embeddings (N, D) by the current model and its targets."""
+    def active(self, epoch: int) -> bool:
+        """Whether the term is part of the loss in (0-based) ``epoch``; an inactive term is
+        neither computed nor logged that epoch, and keeps its state."""
+        return True
+
+    def start_epoch(self, epoch: int, features: torch.Tensor, targets: EpochTargets) -> None:
+        """Called before each epoch in which the term is active, with the epoch's embeddings
+        (N, D) by the current model and its targets."""
 
     def after_step(self, batch: Batch) -> None:
         """Called after the optimizer's step, with the step's (detached) batch."""
@@ -190,7 +197,7 @@ class ClusterContrastLoss(LossTerm):
     def build(cls, options: ContrastiveOptions, context: LossContext) -> ClusterContrastLoss:
         return cls(context.momentum, context.temperature, options.cluster_weights)
 
-    def start_epoch(self, features: torch.Tensor, targets: EpochTargets) -> None:
+    def start_epoch(self, epoch: int, features: torch.Tensor, targets: EpochTargets) -> None:
         self.memory = ClusterMemory.from_features(
             features, targets.labels, self.momentum, self.temperature
         )
@@ -236,7 +243,7 @@ class CameraAdversarialLoss(LossTerm):
             return None
         return cls(context.feature_dim, context.camera_ids, options.beta, options.grl_lambda)
 
-    def start_epoch(self, features: torch.Tensor, targets: EpochTargets) -> None:
+    def start_epoch(self, epoch: int, features: torch.Tensor, targets: EpochTargets) -> None:
         index = camera_positions(targets.cameras.cpu().numpy(), self.camera_ids)
         self.camera_index = torch.as_tensor(index, device=targets.cameras.device)
 

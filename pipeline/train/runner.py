@@ -176,14 +176,15 @@ class _TrainingState:
         )
         targets = EpochTargets(
             labels=torch.as_tensor(data.labels, dtype=torch.int64, device=device),
-            cameras=torch.as_tensor(cameras, dtype=torch.int64, device=device),
+            cameras=torch.tensor(cameras, dtype=torch.int64, device=device),
             weights=None
             if data.weights is None
             else torch.as_tensor(data.weights, device=device).float(),
         )
         features = torch.as_tensor(data.features, device=device)
-        for term in self.losses.values():
-            term.start_epoch(features, targets)
+        active = {name: term for name, term in self.losses.items() if term.active(self.epoch)}
+        for term in active.values():
+            term.start_epoch(self.epoch, features, targets)
         loader = make_train_loader(
             paths,
             data.labels,
@@ -200,7 +201,7 @@ class _TrainingState:
         lr = self.optimizer.param_groups[0]["lr"]
         losses = train_epoch(
             self.model,
-            self.losses,
+            active,
             loader,
             self.optimizer,
             targets,
@@ -294,7 +295,9 @@ def train(
         row = state.train_epoch(prepare_epoch(state.model, state.epoch), paths, cameras)
         save_checkpoint(partial, state.snapshot())
         write_log(state.history, partial_log_path(out_checkpoint, log_path))
-        terms = ", ".join(f"{name} {row[f'loss_{name}']:.4f}" for name in state.losses)
+        terms = ", ".join(
+            f"{name} {row[f'loss_{name}']:.4f}" for name in state.losses if f"loss_{name}" in row
+        )
         log.info(
             "%s epoch %d/%d: loss %.4f (%s), %d clusters, %d samples, %.1f s",
             stage,
