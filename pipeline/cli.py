@@ -19,6 +19,7 @@ from pipeline.errors import PipelineError
 STAGES: dict[str, str] = {
     "demo-data": "demo_data",
     "index": "index",
+    "weights": "weights",
     "init-model": "init_model",
     "extract": "extract",
     "cluster-intra": "cluster_intra",
