@@ -23,6 +23,7 @@ from pipeline.errors import PipelineError
 STAGES = (
     "demo-data",
     "index",
+    "weights",
     "init-model",
     "extract",
     "cluster-intra",

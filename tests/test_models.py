@@ -1,4 +1,5 @@
-"""Encoders: ImageNet weight files in torchvision's and the IBN-Net release's key formats, the
+"""Encoders: the backbone registry (torchvision's random initialisation, key layout, feature
+dimension), ImageNet weight files in torchvision's and the IBN-Net release's key formats, the
 clear errors when they are missing or do not fit, GeM pooling, IBN, last stride, BN neck."""
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ import torchvision
 
 from pipeline.errors import PipelineError
 from pipeline.models import build_model
-from pipeline.models.backbones import IBN
+from pipeline.models.backbones import BACKBONES, IBN
 from pipeline.models.pooling import GeM, build_pooling
 
-# ReIDModel.body is Sequential(conv1, bn1, relu, maxpool, layer1, ..., layer4)
+# ReIDModel.body is Sequential(conv1, bn1, relu, maxpool, layer1, ..., layer4) for a ResNet: the
+# key layout of every ResNet checkpoint written so far
 BODY_POSITION = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
 
 
@@ -102,7 +104,11 @@ def test_ibn_release_state_dict_loads_into_the_encoder(wrapped, tmp_path):
 
 @pytest.mark.parametrize(
     ("arch", "file_name"),
-    [("resnet50", "resnet50-0676ba61.pth"), ("resnet50_ibn_a", "resnet50_ibn_a.pth")],
+    [
+        ("resnet50", "resnet50-0676ba61.pth"),
+        ("resnet50_ibn_a", "resnet50_ibn_a.pth"),
+        ("mobilenet_v2", "mobilenet_v2-b0353104.pth"),
+    ],
 )
 def test_imagenet_without_the_file_says_where_to_put_it(arch, file_name, empty_torch_home):
     expected = empty_torch_home / "hub" / "checkpoints" / file_name
@@ -112,6 +118,8 @@ def test_imagenet_without_the_file_says_where_to_put_it(arch, file_name, empty_t
     assert f"ImageNet weights for {arch} not found at {expected}" in message
     assert "Nothing is downloaded" in message and "pretrained: none" in message
     assert ("IBN-Net release" in message) == (arch == "resnet50_ibn_a")
+    command = "run `python -m pipeline weights --arch mobilenet_v2`"
+    assert (command in message) == (arch == "mobilenet_v2")
 
 
 def test_imagenet_with_a_missing_configured_path_names_it(tmp_path, empty_torch_home):
@@ -177,11 +185,42 @@ def test_ibn_normalises_half_the_channels_per_instance_and_the_rest_per_batch():
     torch.testing.assert_close(y[:, 3:], per_batch)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
 @pytest.mark.parametrize(("last_stride", "map_size"), [(1, (4, 2)), (2, (2, 1))])
-def test_last_stride_sets_the_final_map_size(last_stride, map_size):
-    model = build_model("resnet18", last_stride=last_stride).eval()
+def test_last_stride_sets_the_final_map_size(arch, last_stride, map_size):
+    model = build_model(arch, last_stride=last_stride).eval()
     with torch.no_grad():
-        assert model.body(torch.zeros(1, 3, 64, 32)).shape[2:] == map_size
+        features = model.body(torch.zeros(1, 3, 64, 32))
+    assert features.shape[1:] == (model.feature_dim, *map_size)
+    assert model.feature_dim == {"resnet18": 512, "mobilenet_v2": 1280}[arch]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_random_initialisation_is_torchvisions(arch):
+    """With one seed, the encoder's body holds the numbers torchvision's network draws (ResNet
+    checkpoints and results from before the registry stay reproducible), under the body's keys:
+    a ResNet's by position (``BODY_POSITION``), MobileNetV2's ``features`` as ``body.0``."""
+    torch.manual_seed(3)
+    reference = getattr(torchvision.models, arch)(weights=None).state_dict()
+    torch.manual_seed(3)
+    state = build_model(arch).state_dict()
+    body_keys = [key for key in state if key.startswith("body.")]
+    expected = [key for key in reference if not key.startswith(("fc.", "classifier."))]
+    assert len(body_keys) == len(expected)
+    for key in expected:
+        mine = body_key(key) if arch == "resnet18" else f"body.0.{key.removeprefix('features.')}"
+        assert torch.equal(state[mine], reference[key]), key
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_body_and_torchvision_keys_are_inverse(arch):
+    backbone = BACKBONES[arch]
+    body, _ = backbone.build()
+    for key in body.state_dict():
+        assert backbone.body_key(backbone.torchvision_key(key)) == key
+    assert backbone.body_key(f"{backbone.classifier}.weight") is None
+    with pytest.raises(KeyError):
+        backbone.body_key("head.weight")
 
 
 def test_embeddings_are_unit_length_bn_neck_outputs():

@@ -1,8 +1,9 @@
-"""The ReID encoder: backbone -> pooling -> BN neck -> L2 normalisation.
+"""The ReID encoder: backbone body -> pooling -> BN neck -> L2 normalisation.
 
 The embedding is the L2-normalised output of a BatchNorm1d whose bias is frozen at zero (the
-"BN neck"); for ResNet-50 it is 2048-d. The same module serves training and extraction: the
-cluster memory (Eq. 1-3, 6) compares normalised embeddings by dot product.
+"BN neck"); its dimension is the body's channel count (ResNet-50: 2048, MobileNetV2: 1280),
+read from the registry in :mod:`pipeline.models.backbones`. The same module serves training and
+extraction: the cluster memory (Eq. 1-3, 6) compares normalised embeddings by dot product.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models.backbones import build_resnet, feature_dim
+from pipeline.models.backbones import get_backbone
 from pipeline.models.pooling import build_pooling
 from pipeline.models.weights import load_imagenet_weights
 
@@ -28,20 +29,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ReIDModel(nn.Module):
     """Maps a batch of normalised images (B, 3, H, W) to unit-length embeddings (B, D)."""
 
-    def __init__(self, net: nn.Module, pooling: str, config: dict) -> None:
+    def __init__(self, body: nn.Module, feature_dim: int, pooling: str, config: dict) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            net.conv1,
-            net.bn1,
-            net.relu,
-            net.maxpool,
-            net.layer1,
-            net.layer2,
-            net.layer3,
-            net.layer4,
-        )
+        self.body = body
         self.pool = build_pooling(pooling)
-        self.feature_dim = feature_dim(net)
+        self.feature_dim = feature_dim
         self.neck = nn.BatchNorm1d(self.feature_dim)
         nn.init.ones_(self.neck.weight)
         nn.init.zeros_(self.neck.bias)
@@ -67,9 +59,9 @@ def build_model(
         raise PipelineError(
             f"unknown pretrained {pretrained!r}; choose one of {', '.join(PRETRAINED)}"
         )
-    net = build_resnet(arch, last_stride)
+    body, feature_dim = get_backbone(arch).build(last_stride)
     if pretrained == "imagenet":
-        load_imagenet_weights(net, arch, weights_path)
+        load_imagenet_weights(body, arch, weights_path)
     else:
         log.warning(
             "RANDOM INITIALISATION: %s starts without pretrained weights (pretrained: none); "
@@ -77,4 +69,4 @@ def build_model(
             arch,
         )
     config = {"arch": arch, "pooling": pooling, "last_stride": last_stride}
-    return ReIDModel(net, pooling, config)
+    return ReIDModel(body, feature_dim, pooling, config)

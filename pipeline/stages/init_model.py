@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline import settings
 from pipeline.errors import PipelineError
-from pipeline.models.backbones import ARCHS
+from pipeline.models.backbones import BACKBONES
 from pipeline.models.pooling import POOLINGS
 from pipeline.models.reid import PRETRAINED
 from pipeline.settings import setting
@@ -31,7 +31,10 @@ class ModelOptions:
     """The encoder: backbone, pooling, initial weights, and the BatchNorm calibration."""
 
     arch: str = setting(
-        "resnet50", "backbone (the paper: resnet50; best: resnet50_ibn_a)", choices=ARCHS
+        "resnet50",
+        "backbone (the paper: resnet50; best: resnet50_ibn_a; mobilenet_v2 has ImageNet weights "
+        "from `pipeline weights --arch mobilenet_v2`)",
+        choices=tuple(BACKBONES),
     )
     pooling: str = setting(
         "avg",
@@ -129,6 +132,7 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.models import build_model
     from pipeline.models.calibration import calibrate_batchnorm
     from pipeline.models.checkpoint import save_checkpoint
+    from pipeline.models.weights import imagenet_weights_file, weights_provenance
     from pipeline.runtime import Device, Seed
 
     options = settings.from_args(ModelOptions, args)
@@ -147,6 +151,9 @@ def run(args: argparse.Namespace) -> None:
         weights_path=options.weights_path,
         last_stride=options.last_stride,
     )
+    weights = None
+    if options.pretrained == "imagenet":
+        weights = weights_provenance(imagenet_weights_file(options.arch, options.weights_path))
     calibration = None
     if options.calibrate_bn:
         paths = calibration_paths(args.calibrate_index, options.calibration_images, seed)
@@ -169,6 +176,7 @@ def run(args: argparse.Namespace) -> None:
             "model_config": model.config,
             "model": model.state_dict(),
             "pretrained": options.pretrained,
+            "pretrained_weights": weights,
             "bn_calibration": calibration,
             "experiment": "initial",
             "epoch": 0,
