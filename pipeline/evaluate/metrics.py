@@ -30,9 +30,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # PyTorch is imported only by the device path: the CPU path needs NumPy alone
+    import torch
 
 # Working memory per (query, gallery) cell of a block: ranking takes about 13 bytes (the float32
 # distance, its sorted copy, a copy of a block the caller owns, a mask); the re-ranking blocks of
@@ -140,6 +143,8 @@ def device_distance_blocks(
 
     The gallery is copied to the device once, each block of queries on its turn.
     """
+    import torch
+
     gallery_t = torch.as_tensor(np.asarray(gallery_features, dtype=np.float32), device=device).T
     for start in range(0, len(query_features), rows):
         block = np.asarray(query_features[start : start + rows], dtype=np.float32)
@@ -278,13 +283,15 @@ def _own_copy(block: np.ndarray, device: str | None) -> np.ndarray | torch.Tenso
     """A float32 copy of a caller's distance block, to overwrite; a tensor on ``device``."""
     if device is None:
         return np.array(block, dtype=np.float32)
+    import torch
+
     return torch.tensor(np.asarray(block, dtype=np.float32), device=device)
 
 
 def _all_finite(distance: np.ndarray | torch.Tensor) -> bool:
-    if isinstance(distance, torch.Tensor):
-        return bool(torch.isfinite(distance).all())
-    return bool(np.isfinite(distance).all())
+    if isinstance(distance, np.ndarray):
+        return bool(np.isfinite(distance).all())
+    return bool(distance.isfinite().all())
 
 
 def _match_ranks(
@@ -301,7 +308,7 @@ def _match_ranks(
     a binary search in the row sorted by value, plus, only when other images share its
     distance, the number of those in earlier columns.
     """
-    if isinstance(distance, torch.Tensor):
+    if not isinstance(distance, np.ndarray):
         return _match_ranks_on_device(distance, row, column, ignored, junk)
     distance[:, junk] = np.inf
     distance[ignored] = np.inf
@@ -327,6 +334,8 @@ def _match_ranks_on_device(
     junk: np.ndarray,
 ) -> np.ndarray:
     """:func:`_match_ranks` with PyTorch on the device that holds ``distance``."""
+    import torch
+
     if len(row) == 0:
         return np.empty(0, dtype=np.int64)
 
