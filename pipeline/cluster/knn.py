@@ -22,10 +22,10 @@ Methods:
   Queries run in blocks, each multiplied against all rows and reduced by ``topk``. On a GPU
   the products are float16 inputs accumulated in float32 (tensor cores, several times the
   float32 rate): that fetches ``k + 1 + RERANK_MARGIN`` candidates, re-ranked with float32
-  similarities, and a row is accepted only when its last kept similarity beats the last
-  fetched candidate's by more than the rounding bound of float16 inputs (see
-  :func:`half_product_bound`), so that no row outside the candidates can belong in it; the
-  rest are searched again in float32. The result is exact either way (ties aside). On the
+  similarities, and a row is accepted only when its last kept similarity is at least the last
+  fetched candidate's float16 similarity plus the rounding bound of float16 inputs (see
+  :func:`half_product_bound`), so that no row outside the candidates can beat it; the rest
+  are searched again in float32. The result is exact either way (ties aside). On the
   CPU the products are float32 throughout.
 - ``auto``: ``exact`` when faiss sees a GPU or no GPU is used, else ``torch`` on the GPU.
 - ``ivf`` and ``hnsw``: the features are projected on their first 256 principal components
@@ -38,7 +38,8 @@ Methods:
 
 With ``ivf`` and ``hnsw`` the returned similarities are therefore always exact; only the
 candidate set is approximate. Both are CPU fallbacks for hosts without a GPU: on a GPU,
-``exact`` or ``torch`` search a million images in seconds. On the CPU faiss uses its OpenMP
+``exact`` or ``torch`` search exhaustively (benchmarks/cluster.py --knn torch --device cuda
+times a million 2048-d images; the README has the figure). On the CPU faiss uses its OpenMP
 threads, which follow the process's setting (``OMP_NUM_THREADS``): nothing here changes the
 thread count. Queries run ``chunk_size`` rows at a time (fewer on a GPU whose free memory
 needs it), so the result buffers, not an N x N matrix, bound the memory.
