@@ -7,8 +7,9 @@ shared machine the steadier figure) and peak resident memory (sampled every 20 m
 
 Global mode (default), the work of ``pipeline cluster-global`` and ``pipeline refine``:
 
-- ``knn``: k = 15 neighbours with ``--knn``; for ``ivf``/``hnsw`` also recall@15 against exact
-  search on ``--recall-queries`` random queries;
+- ``knn``: k = 15 neighbours with ``--knn`` on ``--device`` (``torch`` and ``auto`` search on a
+  GPU there); for ``ivf``/``hnsw`` also recall@15 against exact search on ``--recall-queries``
+  random queries; ``--knn-only`` stops here (the GPU figure of a million images);
 - ``infomap``: graph (min_sim 0.5) and Infomap (min_size 4; ``--tune-iterations`` as in
   ``pipeline cluster-global``);
 - ``pivots``: the exact mean distance and Eq. 4 on the same kNN lists;
@@ -21,12 +22,14 @@ Global mode (default), the work of ``pipeline cluster-global`` and ``pipeline re
 into images // 5 local clusters (``pipeline cluster-intra``, sparse formulation).
 
 Every figure is printed as it is measured; the last line is one JSON object with all of them:
-``n``, ``knn_seconds``, ``after_knn_seconds`` (graph + Infomap + pivots + refinement + weights),
+``n``, ``knn_seconds`` (the search alone: ``setup`` imports faiss and PyTorch and starts CUDA
+first), ``after_knn_seconds`` (graph + Infomap + pivots + refinement + weights),
 ``pivots_refine_seconds``, ``peak_rss_mb``, ``knn_recall`` (approximate search only) and the
 per-step seconds, CPU seconds and peaks. The 1M run needs about 12 GB of memory.
 
     python benchmarks/cluster.py --n 32621
     python benchmarks/cluster.py --n 1000000 --knn hnsw
+    python benchmarks/cluster.py --n 1000000 --knn torch --device cuda --knn-only
     python benchmarks/cluster.py --intra-only --camera-n 200000 --knn hnsw
 """
 
@@ -118,16 +121,29 @@ def exact_recall(features: np.ndarray, indices: np.ndarray, queries: int, seed: 
     return float(np.sum(found) / best_idx.size)
 
 
+def warm_up(device: str | None) -> None:
+    """Import faiss and PyTorch and start CUDA, so that the ``knn`` step times the search."""
+    import faiss  # noqa: F401
+    import torch
+
+    if torch.cuda.is_available() and (device or "cuda").startswith("cuda"):
+        torch.zeros(1, device=device or "cuda")
+
+
 def global_benchmark(args: argparse.Namespace, steps: Steps) -> dict:
+    with steps.step("setup"):
+        warm_up(args.device)
     with steps.step("generate"):
         features, camids, pids = planted_features(args.n, args.dim, args.cams, seed=args.seed)
     with steps.step("knn"):
-        sims, idx = knn(features, K, args.knn, seed=args.seed)
+        sims, idx = knn(features, K, args.knn, device=args.device, seed=args.seed)
     figures: dict = {}
-    if args.knn != "exact":
+    if args.knn in ("ivf", "hnsw"):
         with steps.step("recall"):
             figures["knn_recall"] = exact_recall(features, idx, args.recall_queries, args.seed)
         print(f"    recall@{K}: {figures['knn_recall']:.4f} ({args.recall_queries} queries)")
+    if args.knn_only:
+        return {"n": args.n, **figures}
     with steps.step("infomap"):
         clusters = infomap_clusters(
             sims, idx, min_sim=0.5, min_size=4, seed=args.seed, tune_iterations=args.tune_iterations
@@ -191,7 +207,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32621, help="images (global mode)")
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--cams", type=int, default=6)
-    parser.add_argument("--knn", choices=("exact", "ivf", "hnsw"), default="exact")
+    parser.add_argument("--knn", choices=("auto", "exact", "torch", "ivf", "hnsw"), default="exact")
+    parser.add_argument(
+        "--device", default=None, help="cpu | cuda | cuda:<n> (default: a GPU when one is visible)"
+    )
+    parser.add_argument("--knn-only", action="store_true", help="stop after the neighbour search")
     parser.add_argument("--intra-only", action="store_true", help="one camera, stage 1 only")
     parser.add_argument("--camera-n", type=int, default=200000, help="images of that camera")
     parser.add_argument("--distance", choices=("cosine", "jaccard"), default="cosine")
@@ -214,6 +234,7 @@ def main() -> None:
         "dim": args.dim,
         "cams": 1 if args.intra_only else args.cams,
         "knn": args.knn,
+        "device": args.device or "default",
         "tune_iterations": args.tune_iterations,
         "knn_seconds": steps.figures.get("knn_seconds"),
         "peak_rss_mb": steps.peak_mb(),

@@ -30,6 +30,12 @@ class Seed:
     seed: int = setting(0, "seed of every random draw (initialisation, sampling, clustering)")
 
 
+def array_device(device: str) -> str | None:
+    """The device for code that runs on NumPy unless told otherwise (the neighbour search, the
+    evaluation): None for ``auto`` (a GPU when one is visible), else the setting."""
+    return None if device == "auto" else device
+
+
 def set_determinism(enabled: bool) -> None:
     """Deterministic kernels only (and no cuDNN autotuning) when ``enabled``: bitwise repeatable
     runs at some cost in speed. On CUDA this needs a fixed cuBLAS workspace, set here."""

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
-from pipeline.cluster.knn import check_normalised, knn
+from pipeline.cluster.knn import half_product_bound, knn, torch_search
 from pipeline.cluster.synthetic import planted_features
-from pipeline.errors import PipelineError
 
 
 def unit_rows(n, dim, seed=0):
@@ -64,21 +64,68 @@ def test_approximate_search_recalls_planted_neighbours_with_exact_similarities(m
     assert (np.diff(sims, axis=1) <= 1e-6).all()
 
 
-def test_check_normalised_names_non_finite_rows():
-    x = unit_rows(10, 4)
-    x[3, 1] = np.nan
-    x[7, 0] = np.inf
-    with pytest.raises(
-        PipelineError, match=r"feats.h5: 2 feature row\(s\) contain NaN .* rows 3, 7"
-    ):
-        check_normalised(x, "feats.h5", chunk_size=4)
+@pytest.mark.parametrize("method", ["torch", "auto"])
+def test_torch_and_auto_search_equal_faiss_exact_on_the_cpu(method):
+    x = unit_rows(300, 16, seed=1)
+    ref_sims, ref_idx = knn(x, 7, "exact", device="cpu")
+    sims, idx = knn(x, 7, method, chunk_size=64, device="cpu")
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-6)
+    assert sims.dtype == np.float32 and idx.dtype == np.int64
+    _, few = knn(x[:4], 6, method, device="cpu")  # fewer rows than k: -1 fill as faiss
+    np.testing.assert_array_equal(few == -1, np.arange(6)[None, :].repeat(4, 0) >= 3)
 
 
-def test_check_normalised_names_rows_off_the_unit_sphere():
-    x = unit_rows(10, 4)
-    x[[2, 9]] *= 1.5
-    with pytest.raises(
-        PipelineError, match=r"2 feature row\(s\) are not L2-normalised.* rows 2, 9"
-    ):
-        check_normalised(x, "feats.h5")
-    check_normalised(unit_rows(10, 4).astype(np.float16), "float16 storage is within tolerance")
+def near_duplicates(seed=0):
+    """150 spread rows and a tight group of 100 whose similarities differ by ~1e-5, far below
+    float16's rounding (~1e-3): half-precision candidates there are in random order."""
+    rng = np.random.default_rng(seed)
+    centre = unit_rows(1, 16, seed=seed)
+    tight = centre + 1e-3 * rng.standard_normal((100, 16)).astype(np.float32)
+    x = np.concatenate([unit_rows(150, 16, seed=seed + 1), tight])
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def assert_exact_neighbours(x, sims, idx, k):
+    """Ties aside: the similarities are the true top k, and each index has its similarity."""
+    ref_sims, _ = brute_force(x, k)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-6)
+    own = np.einsum("nd,nkd->nk", x.astype(np.float64), x[idx].astype(np.float64))
+    np.testing.assert_allclose(sims, own, atol=1e-6)
+    assert not (idx == np.arange(len(x))[:, None]).any()
+
+
+def test_half_precision_candidates_are_certified_or_searched_again():
+    x = near_duplicates()
+    blocks = list(torch_search(x, 8, device="cpu", rows=32, half=True))
+    sims = np.concatenate([b[1] for b in blocks])
+    idx = np.concatenate([b[2] for b in blocks])
+    assert [b[0] for b in blocks] == list(range(0, 250, 32))
+    # self is the first result of every row here (no exact duplicates)
+    np.testing.assert_array_equal(idx[:, 0], np.arange(250))
+    assert_exact_neighbours(x, sims[:, 1:], idx[:, 1:], 7)
+
+
+def test_half_product_bound_holds_for_emulated_float16_products():
+    x = unit_rows(200, 512, seed=2)
+    rounded = torch.as_tensor(x).half().float()
+    error = rounded @ rounded.T - torch.as_tensor(x).double() @ torch.as_tensor(x).double().T
+    assert 0 < error.abs().max() < half_product_bound(512) / 2  # the bound's safety factor is 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_search_is_exact():
+    x = unit_rows(3000, 64, seed=3)
+    ref_sims, ref_idx = knn(x, 10, "exact", device="cpu")
+    for method in ("torch", "auto"):
+        sims, idx = knn(x, 10, method, device="cuda")
+        assert (idx == ref_idx).mean() > 0.999  # float32 products round differently on the GPU
+        np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+    tight = near_duplicates()
+    sims, idx = knn(tight, 7, "torch", device="cuda")
+    assert_exact_neighbours(tight, sims, idx, 7)
+    # tensor-core float16 products stay within the bound the certification relies on
+    on_gpu = torch.as_tensor(x, device="cuda").half()
+    approx = torch.mm(on_gpu, on_gpu.T, out_dtype=torch.float32).double().cpu()
+    exact = torch.as_tensor(x).double() @ torch.as_tensor(x).double().T
+    assert (approx - exact).abs().max() < half_product_bound(64)

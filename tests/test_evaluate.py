@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pipeline.cli import build_parser
 from pipeline.errors import PipelineError
-from pipeline.evaluate.metrics import _stable_order, evaluate_retrieval
+from pipeline.evaluate.metrics import RetrievalMetrics, evaluate_retrieval
 from pipeline.evaluate.rerank import k_reciprocal_distance_blocks
 from pipeline.features.store import FeatureSet, write_features
 
@@ -18,6 +19,7 @@ METRICS_COLUMNS = [
     "experiment",
     "dataset",
     "epoch",
+    "seed",
     "mAP",
     "rank1",
     "rank5",
@@ -29,9 +31,10 @@ METRICS_COLUMNS = [
 ]
 
 
-def reference_metrics(distance, query_pids, query_camids, gallery_pids, gallery_camids, max_rank):
-    """Market-1501 protocol, one query at a time: (mAP, CMC list, mINP, valid queries)."""
-    aps, first_ranks, inps = [], [], []
+def reference_scores(distance, query_pids, query_camids, gallery_pids, gallery_camids):
+    """Market-1501 protocol, one query at a time: per query (AP, first match rank, INP),
+    (NaN, 0, NaN) for a query without a true match."""
+    scores = []
     for q in range(len(query_pids)):
         ranked = sorted(range(len(gallery_pids)), key=lambda g: (distance[q, g], g))
         kept = [
@@ -42,21 +45,27 @@ def reference_metrics(distance, query_pids, query_camids, gallery_pids, gallery_
         ]
         match_ranks = [r + 1 for r, g in enumerate(kept) if gallery_pids[g] == query_pids[q]]
         if not match_ranks:
+            scores.append((np.nan, 0, np.nan))
             continue
-        aps.append(np.mean([(n + 1) / r for n, r in enumerate(match_ranks)]))
-        first_ranks.append(match_ranks[0])
-        inps.append(len(match_ranks) / match_ranks[-1])
-    cmc = [np.mean([f <= k for f in first_ranks]) for k in range(1, max_rank + 1)]
-    return np.mean(aps), cmc, np.mean(inps), len(aps)
+        ap = np.mean([(n + 1) / r for n, r in enumerate(match_ranks)])
+        scores.append((ap, match_ranks[0], len(match_ranks) / match_ranks[-1]))
+    return [np.array(column) for column in zip(*scores, strict=True)]
 
 
 def assert_matches_reference(metrics, distance, qp, qc, gp, gc, max_rank):
-    mean_ap, cmc, minp, valid = reference_metrics(distance, qp, qc, gp, gc, max_rank)
+    ap, first_rank, inp = reference_scores(distance, qp, qc, gp, gc)
+    valid = first_rank > 0
     assert metrics.num_query == len(qp)
-    assert metrics.num_valid_query == valid
-    np.testing.assert_allclose(metrics.mAP, mean_ap, rtol=1e-12)
+    assert metrics.num_valid_query == valid.sum()
+    np.testing.assert_allclose(metrics.mAP, ap[valid].mean(), rtol=1e-12)
+    cmc = [np.mean(first_rank[valid] <= k) for k in range(1, max_rank + 1)]
     np.testing.assert_allclose(metrics.cmc, cmc, rtol=1e-12)
-    np.testing.assert_allclose(metrics.mINP, minp, rtol=1e-12)
+    np.testing.assert_allclose(metrics.mINP, inp[valid].mean(), rtol=1e-12)
+    per_query = metrics.per_query
+    np.testing.assert_array_equal(per_query.pid, qp)
+    np.testing.assert_array_equal(per_query.first_rank, first_rank)
+    np.testing.assert_allclose(per_query.ap, ap, rtol=1e-12)  # NaN where NaN
+    np.testing.assert_allclose(per_query.inp, inp, rtol=1e-12)
 
 
 def tied_features(rng, n, dim=6):
@@ -74,24 +83,80 @@ def random_case(seed, num_query=17, num_gallery=40, ids=6, cameras=3):
     return tied_features(rng, num_query), qp, qc, tied_features(rng, num_gallery), gp, gc
 
 
+# None: NumPy on the CPU; "cpu": the PyTorch path that runs on a GPU, here on the CPU
+DEVICES = [None, "cpu"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("chunk_size", [1, 5, None])
-def test_features_match_brute_force_reference(seed, chunk_size):
+def test_features_match_brute_force_reference(seed, chunk_size, device):
     qf, qp, qc, gf, gp, gc = random_case(seed)
     distance = 2 - 2 * (qf @ gf.T)
-    metrics = evaluate_retrieval(qf, qp, qc, gf, gp, gc, max_rank=12, chunk_size=chunk_size)
+    metrics = evaluate_retrieval(
+        qf, qp, qc, gf, gp, gc, max_rank=12, chunk_size=chunk_size, device=device
+    )
     assert_matches_reference(metrics, distance, qp, qc, gp, gc, 12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", range(3))
-def test_precomputed_distance_blocks_match_reference(seed):
+def test_precomputed_distance_blocks_match_reference(seed, device):
     qf, qp, qc, gf, gp, gc = random_case(seed, num_query=23, num_gallery=31)
     distance = np.random.default_rng(seed).integers(0, 5, size=(23, 31)).astype(np.float32)
     blocks = (distance[s : s + 4] for s in range(0, 23, 4))
-    metrics = evaluate_retrieval(None, qp, qc, None, gp, gc, distance=blocks)
+    metrics = evaluate_retrieval(None, qp, qc, None, gp, gc, distance=blocks, device=device)
     assert_matches_reference(metrics, distance, qp, qc, gp, gc, 10)
-    whole = evaluate_retrieval(None, qp, qc, None, gp, gc, distance=distance, chunk_size=7)
+    whole = evaluate_retrieval(
+        None, qp, qc, None, gp, gc, distance=distance, chunk_size=7, device=device
+    )
     assert_matches_reference(whole, distance, qp, qc, gp, gc, 10)
+    np.testing.assert_array_equal(distance, distance.astype(np.int64))  # the input is untouched
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ties_everywhere_rank_by_gallery_column(device):
+    # three distance values, -0.0 equal to 0.0: almost every true match shares its distance
+    # with other kept, junk and same-camera images, in earlier and later columns
+    rng = np.random.default_rng(7)
+    _, qp, qc, _, gp, gc = random_case(7, num_query=30, num_gallery=60, ids=4, cameras=2)
+    distance = rng.choice(np.array([-0.0, 0.0, 1.0, 2.0], dtype=np.float32), size=(30, 60))
+    metrics = evaluate_retrieval(None, qp, qc, None, gp, gc, distance=distance, device=device)
+    assert_matches_reference(metrics, distance, qp, qc, gp, gc, 10)
+    assert metrics.num_valid_query >= 25
+
+
+def test_per_query_scores_resample_to_the_metrics_of_those_queries():
+    qf, qp, qc, gf, gp, gc = random_case(3, num_query=30)
+    metrics = evaluate_retrieval(qf, qp, qc, gf, gp, gc)
+    scores = metrics.per_query
+    assert not scores.valid[-1] and scores.first_rank[-1] == 0 and np.isnan(scores.ap[-1])
+    picked = np.array([4, 4, 0, 29, 11, 4])  # with repeats and the query without a match
+    resampled = RetrievalMetrics.from_query_scores(scores.take(picked))
+    direct = evaluate_retrieval(qf[picked], qp[picked], qc[picked], gf, gp, gc)
+    assert (resampled.num_query, resampled.num_valid_query) == (6, 5)
+    assert resampled.mAP == pytest.approx(direct.mAP, rel=1e-12)
+    assert resampled.mINP == pytest.approx(direct.mINP, rel=1e-12)
+    np.testing.assert_allclose(resampled.cmc, direct.cmc, rtol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_ranking_matches_the_cpu():
+    qf, qp, qc, gf, gp, gc = random_case(1, num_query=50, num_gallery=300)
+    exact = evaluate_retrieval(qf, qp, qc, gf, gp, gc, device="cuda", chunk_size=16)
+    assert_matches_reference(exact, 2 - 2 * (qf @ gf.T), qp, qc, gp, gc, 10)
+    # multiples of 1/64: every product is exact in float32 whatever the order of the sums, so
+    # both devices see the same distances, and the ranking alone is compared
+    rng = np.random.default_rng(0)
+    query, gallery = (np.round(64 * unit_rows(rng, n, 64)) / 64 for n in (200, 3000))
+    qp, gp = rng.integers(0, 40, 200), rng.integers(-1, 40, 3000)
+    qc, gc = rng.integers(0, 4, 200), rng.integers(0, 4, 3000)
+    on_cpu = evaluate_retrieval(query, qp, qc, gallery, gp, gc)
+    on_gpu = evaluate_retrieval(query, qp, qc, gallery, gp, gc, device="cuda", chunk_size=37)
+    np.testing.assert_array_equal(on_gpu.per_query.first_rank, on_cpu.per_query.first_rank)
+    np.testing.assert_allclose(on_gpu.per_query.ap, on_cpu.per_query.ap, rtol=1e-12)
+    np.testing.assert_allclose(on_gpu.per_query.inp, on_cpu.per_query.inp, rtol=1e-12)
+    assert abs(on_gpu.mAP - on_cpu.mAP) < 1e-6 and abs(on_gpu.mINP - on_cpu.mINP) < 1e-6
 
 
 # One query (pid 1, camera 1) against a hand-built gallery, in distance order:
@@ -161,18 +226,6 @@ def test_minp_by_hand():
     assert two.mINP == pytest.approx((0.4 + 0.5) / 2)
     assert two.mAP == pytest.approx((0.7 + 0.5) / 2)
     np.testing.assert_allclose(two.cmc[:3], [0.5, 1, 1])
-
-
-def test_stable_order_equals_stable_argsort():
-    rng = np.random.default_rng(0)
-    distance = rng.choice(
-        np.array([-2.5, -1e-30, -0.0, 0.0, 1e-30, 0.25, 0.25, 3.0, np.inf], dtype=np.float32),
-        size=(7, 50),
-    )
-    distance[0] = rng.standard_normal(50)
-    np.testing.assert_array_equal(
-        _stable_order(distance), np.argsort(distance, axis=1, kind="stable")
-    )
 
 
 def test_distance_must_be_finite():

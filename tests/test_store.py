@@ -13,7 +13,13 @@ import pytest
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
-from pipeline.features.store import SCHEMA_VERSION, FeatureSet, read_features, write_features
+from pipeline.features.store import (
+    SCHEMA_VERSION,
+    FeatureSet,
+    check_features,
+    read_features,
+    write_features,
+)
 
 HOLD_FILE_OPEN = """
 import sys, time, h5py
@@ -187,3 +193,23 @@ def test_readers_do_not_take_hdf5_file_locks(tmp_path, query_features):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_feature_check_names_non_finite_rows():
+    x = unit_rows(10, 4)
+    x[3, 1] = np.nan
+    x[7, 0] = np.inf
+    with pytest.raises(
+        PipelineError, match=r"feats.h5: 2 feature row\(s\) contain NaN .* rows 3, 7"
+    ):
+        check_features(x, "feats.h5", chunk_size=4)
+
+
+def test_feature_check_names_rows_off_the_unit_sphere():
+    x = unit_rows(10, 4)
+    x[[2, 9]] *= 1.5
+    with pytest.raises(
+        PipelineError, match=r"2 feature row\(s\) are not L2-normalised.* rows 2, 9"
+    ):
+        check_features(x, "feats.h5")
+    check_features(unit_rows(10, 4).astype(np.float16), "float16 storage is within tolerance")

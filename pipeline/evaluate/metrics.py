@@ -11,25 +11,71 @@ The protocol is Market-1501's, shared by DukeMTMC-reID, MSMT17 and VeRi-776. For
 Distances are squared Euclidean distances between L2-normalised embeddings,
 ``|q - g|^2 = 2 - 2 cos(q, g)``, computed one block of query rows at a time so that the Q x G
 matrix never exists whole (for MSMT17's 11,659 x 82,161 test split it would take 3.8 GB in
-float32, plus its sort order). Each block's ranking is vectorised: a sort per row, boolean
-masks and counts, no Python loop over queries.
+float32), on the CPU or on a CUDA device (``device``).
 
-Ties: each query's gallery is ranked by a stable sort on distance, so gallery images at equal
-distance keep gallery order (the earlier gallery row ranks higher). Every number is therefore
-deterministic. Distances are compared in float32 and must be finite.
+Ranking counts instead of ordering: a true match's rank is one plus the number of kept gallery
+images before it, which is the number of kept images at a smaller distance (a binary search of
+the match's distance in its row sorted by value, ignored images set to +inf) plus, only when
+other images share its distance, those of them in earlier gallery columns. So each row is
+sorted by value alone (NumPy sorts float32 several times faster than the 64-bit keys an
+order-preserving argsort needs), and the rest of the work is over the few true matches of each
+query: their binary searches, and the per-query means, vectorised across a block.
+
+Ties: gallery images at equal distance keep gallery order (the earlier gallery column ranks
+higher), as a stable sort would rank them, so every number is deterministic. Distances are
+compared in float32 and must be finite.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-# Working memory per (query, gallery) cell while a block is ranked: the distance and its copy
-# with ignored images moved last (4 + 4), sort keys and order (8 + 8), masks (about 4).
+if TYPE_CHECKING:  # PyTorch is imported only by the device path: the CPU path needs NumPy alone
+    import torch
+
+# Working memory per (query, gallery) cell of a block: ranking takes about 13 bytes (the float32
+# distance, its sorted copy, a copy of a block the caller owns, a mask); the re-ranking blocks of
+# pipeline.evaluate.rerank are sized by the same budget and need more.
 BYTES_PER_CELL = 28
 DEFAULT_BLOCK_BYTES = 256 * 2**20
+TIE_BLOCK_CELLS = 2**24  # gallery cells compared at once when counting equal-distance images
+
+
+@dataclass(frozen=True)
+class QueryScores:
+    """Per-query results, one entry per query in query order (the input order).
+
+    - ``pid``: the query's identity (int64);
+    - ``ap``: its average precision (float64; NaN for a query without a valid match);
+    - ``inp``: its inverse negative penalty, true matches / rank of the hardest one (float64;
+      NaN without a valid match);
+    - ``first_rank``: the 1-based rank of its first true match (int64; 0 without a valid match),
+      so that CMC at rank k is the fraction of valid queries with ``0 < first_rank <= k``.
+
+    A query is valid (counted in the means) exactly when ``first_rank > 0``.
+    """
+
+    pid: np.ndarray
+    ap: np.ndarray
+    inp: np.ndarray
+    first_rank: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Boolean mask of the queries with at least one true match."""
+        return self.first_rank > 0
+
+    def take(self, indices: np.ndarray) -> QueryScores:
+        """The scores of the queries at ``indices`` (repeats allowed, as in a bootstrap)."""
+        return QueryScores(
+            self.pid[indices], self.ap[indices], self.inp[indices], self.first_rank[indices]
+        )
 
 
 @dataclass(frozen=True)
@@ -38,7 +84,8 @@ class RetrievalMetrics:
 
     ``cmc[k - 1]`` is the fraction of valid queries with a true match among their top k.
     ``mINP`` is the mean over valid queries of (true matches) / (rank of the hardest true match).
-    With no valid query the fractions are NaN.
+    With no valid query the fractions are NaN. ``per_query`` holds the per-query values the
+    means are taken over (:class:`QueryScores`).
     """
 
     mAP: float
@@ -46,10 +93,29 @@ class RetrievalMetrics:
     mINP: float
     num_query: int
     num_valid_query: int
+    per_query: QueryScores = field(repr=False, compare=False)
 
     def rank(self, k: int) -> float:
         """CMC at rank ``k`` (1-based)."""
         return float(self.cmc[k - 1])
+
+    @classmethod
+    def from_query_scores(cls, scores: QueryScores, max_rank: int = 10) -> RetrievalMetrics:
+        """mAP, CMC (ranks 1..``max_rank``) and mINP: the means over the valid queries."""
+        valid = scores.valid
+        num_valid = int(valid.sum())
+        if num_valid == 0:
+            nan = float("nan")
+            return cls(nan, np.full(max_rank, np.nan), nan, len(valid), 0, scores)
+        first = scores.first_rank[valid]
+        return cls(
+            mAP=float(scores.ap[valid].mean()),
+            cmc=(first[:, None] <= np.arange(1, max_rank + 1)[None, :]).mean(axis=0),
+            mINP=float(scores.inp[valid].mean()),
+            num_query=len(valid),
+            num_valid_query=num_valid,
+            per_query=scores,
+        )
 
 
 def rows_per_block(num_gallery: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
@@ -72,6 +138,24 @@ def squared_distance_blocks(
         yield block
 
 
+def device_distance_blocks(
+    query_features: np.ndarray, gallery_features: np.ndarray, rows: int, device: str
+) -> Iterator[torch.Tensor]:
+    """:func:`squared_distance_blocks` computed on a torch ``device``, yielded as tensors there.
+
+    The gallery is copied to the device once, each block of queries on its turn.
+    """
+    import torch
+
+    gallery_t = torch.as_tensor(np.asarray(gallery_features, dtype=np.float32), device=device).T
+    for start in range(0, len(query_features), rows):
+        block = np.asarray(query_features[start : start + rows], dtype=np.float32)
+        distance = torch.as_tensor(block, device=device) @ gallery_t
+        distance *= -2
+        distance += 2
+        yield distance
+
+
 def evaluate_retrieval(
     query_features: np.ndarray | None,
     query_pids: np.ndarray,
@@ -83,14 +167,19 @@ def evaluate_retrieval(
     max_rank: int = 10,
     chunk_size: int | None = None,
     distance: np.ndarray | Iterable[np.ndarray] | None = None,
+    device: str | None = None,
 ) -> RetrievalMetrics:
-    """mAP, CMC (ranks 1..``max_rank``) and mINP of a query/gallery retrieval.
+    """mAP, CMC (ranks 1..``max_rank``), mINP and per-query scores of a query/gallery retrieval.
 
     Distances are ``2 - 2 q . g`` of the (L2-normalised) features, computed in blocks of
     ``chunk_size`` query rows (default: sized by :func:`rows_per_block`). Alternatively pass
     ``distance``: a Q x G array, or an iterable of row blocks that together cover the queries
     in order (such as :func:`pipeline.evaluate.rerank.k_reciprocal_distance_blocks`); the
     features are then not used and may be None.
+
+    ``device``: None (default) computes the products and ranks the gallery with NumPy on the
+    CPU; a torch device (``cuda``, ``cuda:1``; ``cpu`` runs the same code on the CPU) does both
+    with PyTorch there, with the same numbers up to the rounding of the products.
 
     AP is the mean over a query's true matches of the precision at each match's rank (as in
     the Market-1501 and open-reid code); mINP is the mean inverse negative penalty of Ye et al.,
@@ -111,28 +200,31 @@ def evaluate_retrieval(
             raise ValueError("pass the features or a precomputed distance")
         if len(query_features) != num_query or len(gallery_features) != num_gallery:
             raise ValueError("features must have one row per query / gallery image")
-        blocks: Iterable[np.ndarray] = squared_distance_blocks(
-            query_features, gallery_features, rows
-        )
-    elif isinstance(distance, np.ndarray):
-        blocks = (distance[start : start + rows] for start in range(0, num_query, rows))
+        if device is None:
+            blocks: Iterable = squared_distance_blocks(query_features, gallery_features, rows)
+        else:
+            blocks = device_distance_blocks(query_features, gallery_features, rows, device)
     else:
-        blocks = distance
+        given = distance
+        if isinstance(given, np.ndarray):
+            given = (distance[start : start + rows] for start in range(0, num_query, rows))
+        blocks = (_own_copy(block, device) for block in given)
 
+    gallery = _Gallery.of(gallery_pids, gallery_camids)
     ap, first_rank, inp = [], [], []
     start = 0
     for block in blocks:
         stop = start + len(block)
         if block.ndim != 2 or block.shape[1] != num_gallery or stop > num_query:
             raise ValueError(
-                f"distance block of shape {block.shape} at query row {start} does not fit "
-                f"{num_query} queries x {num_gallery} gallery images"
+                f"distance block of shape {tuple(block.shape)} at query row {start} does not "
+                f"fit {num_query} queries x {num_gallery} gallery images"
             )
-        if not np.isfinite(block).all():
+        if not _all_finite(block):
             raise ValueError(f"distance block at query row {start} holds NaN or infinite values")
-        scores = _score_block(
-            block, query_pids[start:stop], query_camids[start:stop], gallery_pids, gallery_camids
-        )
+        row, column, ignored = gallery.pairs(query_pids[start:stop], query_camids[start:stop])
+        rank = _match_ranks(block, row, column, ignored, gallery.junk)
+        scores = _query_scores(len(block), row, rank)
         ap.append(scores[0])
         first_rank.append(scores[1])
         inp.append(scores[2])
@@ -140,64 +232,167 @@ def evaluate_retrieval(
     if start != num_query:
         raise ValueError(f"distance blocks cover {start} query rows, expected {num_query}")
 
-    ap_all = np.concatenate(ap) if ap else np.empty(0)
-    valid = ~np.isnan(ap_all)
-    num_valid = int(valid.sum())
-    if num_valid == 0:
-        return RetrievalMetrics(float("nan"), np.full(max_rank, np.nan), float("nan"), num_query, 0)
-    first = np.concatenate(first_rank)[valid]
-    cmc = (first[:, None] <= np.arange(1, max_rank + 1)[None, :]).mean(axis=0)
-    return RetrievalMetrics(
-        mAP=float(ap_all[valid].mean()),
-        cmc=cmc,
-        mINP=float(np.concatenate(inp)[valid].mean()),
-        num_query=num_query,
-        num_valid_query=num_valid,
+    def joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+    scores = QueryScores(
+        pid=query_pids,
+        ap=joined(ap, np.float64),
+        inp=joined(inp, np.float64),
+        first_rank=joined(first_rank, np.int64),
     )
+    return RetrievalMetrics.from_query_scores(scores, max_rank)
 
 
-def _score_block(
-    distance: np.ndarray,
-    query_pids: np.ndarray,
-    query_camids: np.ndarray,
-    gallery_pids: np.ndarray,
-    gallery_camids: np.ndarray,
+@dataclass(frozen=True)
+class _Gallery:
+    """Gallery labels, with the kept (non-junk) images grouped by identity."""
+
+    camids: np.ndarray
+    junk: np.ndarray  # columns of the junk images (pid -1)
+    order: np.ndarray  # columns of the kept images, by identity, then by column
+    sorted_pids: np.ndarray  # their identities, ascending
+
+    @classmethod
+    def of(cls, pids: np.ndarray, camids: np.ndarray) -> _Gallery:
+        kept = np.flatnonzero(pids != -1)
+        order = kept[np.argsort(pids[kept], kind="stable")]
+        return cls(camids, np.flatnonzero(pids == -1), order, pids[order])
+
+    def pairs(
+        self, query_pids: np.ndarray, query_camids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Kept gallery images of each query's identity as (row, column) pairs, rows ascending.
+
+        Returns the true matches' rows and columns, and the (rows, columns) of the images taken
+        by the query's camera, which are ignored.
+        """
+        first = np.searchsorted(self.sorted_pids, query_pids, side="left")
+        counts = np.searchsorted(self.sorted_pids, query_pids, side="right") - first
+        row = np.repeat(np.arange(len(query_pids)), counts)
+        column = self.order[first[row] + _position_in_row(row, counts)]
+        same_camera = self.camids[column] == query_camids[row]
+        return row[~same_camera], column[~same_camera], (row[same_camera], column[same_camera])
+
+
+def _position_in_row(row: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """0-based position of each entry among the entries of its row (``row`` ascending,
+    ``counts[r]`` entries in row ``r``)."""
+    return np.arange(len(row)) - (np.cumsum(counts) - counts)[row]
+
+
+def _own_copy(block: np.ndarray, device: str | None) -> np.ndarray | torch.Tensor:
+    """A float32 copy of a caller's distance block, to overwrite; a tensor on ``device``."""
+    if device is None:
+        return np.array(block, dtype=np.float32)
+    import torch
+
+    return torch.tensor(np.asarray(block, dtype=np.float32), device=device)
+
+
+def _all_finite(distance: np.ndarray | torch.Tensor) -> bool:
+    if isinstance(distance, np.ndarray):
+        return bool(np.isfinite(distance).all())
+    return bool(distance.isfinite().all())
+
+
+def _match_ranks(
+    distance: np.ndarray | torch.Tensor,
+    row: np.ndarray,
+    column: np.ndarray,
+    ignored: tuple[np.ndarray, np.ndarray],
+    junk: np.ndarray,
+) -> np.ndarray:
+    """1-based rank of each true match ``(row, column)`` among the kept images of its row.
+
+    Ignored images are set to +inf in ``distance`` (which is overwritten), after every kept
+    one. A match's rank is then one plus the number of images at a smaller distance, found by
+    a binary search in the row sorted by value, plus, only when other images share its
+    distance, the number of those in earlier columns.
+    """
+    if not isinstance(distance, np.ndarray):
+        return _match_ranks_on_device(distance, row, column, ignored, junk)
+    distance[:, junk] = np.inf
+    distance[ignored] = np.inf
+    value = distance[row, column]
+    ranked = _sorted_rows(distance)
+    below = np.empty(len(row), dtype=np.int64)
+    equal = np.empty(len(row), dtype=np.int64)
+    for r in np.unique(row):
+        at = slice(*np.searchsorted(row, [r, r + 1]))
+        below[at] = np.searchsorted(ranked[r], value[at], side="left")
+        equal[at] = np.searchsorted(ranked[r], value[at], side="right") - below[at]
+    rank = below + 1
+    for i in np.flatnonzero(equal > 1):  # the match itself is one of the equal distances
+        rank[i] += np.count_nonzero(distance[row[i], : column[i]] == value[i])
+    return rank
+
+
+def _sorted_rows(distance: np.ndarray) -> np.ndarray:
+    """Each row sorted by value, on every core the process may use (NumPy's sort releases the
+    GIL): float32 values sort several times faster than the keys of an argsort."""
+    ranked = np.array(distance)
+    parts = np.array_split(ranked, min(len(ranked), len(os.sched_getaffinity(0))))
+    with ThreadPoolExecutor(len(parts)) as pool:
+        for _ in pool.map(lambda part: part.sort(axis=1), parts):
+            pass
+    return ranked
+
+
+def _match_ranks_on_device(
+    distance: torch.Tensor,
+    row: np.ndarray,
+    column: np.ndarray,
+    ignored: tuple[np.ndarray, np.ndarray],
+    junk: np.ndarray,
+) -> np.ndarray:
+    """:func:`_match_ranks` with PyTorch on the device that holds ``distance``."""
+    import torch
+
+    if len(row) == 0:
+        return np.empty(0, dtype=np.int64)
+
+    def put(array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=distance.device)
+
+    distance[:, put(junk)] = torch.inf
+    distance[put(ignored[0]), put(ignored[1])] = torch.inf
+    row_t, column_t = put(row), put(column)
+    value = distance[row_t, column_t]
+    # the matches of each row as one padded row of needles for a batched binary search
+    counts = np.bincount(row, minlength=len(distance))
+    position = put(_position_in_row(row, counts))
+    needles = torch.full((len(distance), int(counts.max())), torch.inf, device=distance.device)
+    needles[row_t, position] = value
+    ranked = torch.sort(distance, dim=1).values
+    below = torch.searchsorted(ranked, needles)[row_t, position]
+    equal = torch.searchsorted(ranked, needles, right=True)[row_t, position] - below
+    rank = below + 1
+    tied = torch.nonzero(equal > 1).flatten()
+    columns = torch.arange(distance.shape[1], device=distance.device)
+    step = max(1, TIE_BLOCK_CELLS // distance.shape[1])
+    for lo in range(0, len(tied), step):
+        which = tied[lo : lo + step]
+        same = distance[row_t[which]] == value[which, None]
+        same &= columns[None, :] < column_t[which, None]
+        rank[which] += same.sum(dim=1)
+    return rank.cpu().numpy()
+
+
+def _query_scores(
+    num_rows: int, row: np.ndarray, rank: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per query of a block: AP, rank of the first true match, and INP (NaN / 0 if no match)."""
-    num_rows = len(distance)
-    same_pid = gallery_pids[None, :] == query_pids[:, None]
-    ignored = same_pid & (gallery_camids[None, :] == query_camids[:, None])
-    ignored |= (gallery_pids == -1)[None, :]
-    # ignored images sort last, so a kept image's rank is its position in the order plus one
-    order = _stable_order(np.where(ignored, np.float32(np.inf), distance))
-    match = np.take_along_axis(same_pid & ~ignored, order, axis=1)
-    row, position = np.nonzero(match)  # true matches, best first within each row
-    rank = position + 1
-    hits = np.arange(len(row)) - np.searchsorted(row, row) + 1  # true matches ranked <= this one
+    """Per query of a block: AP, rank of the first true match, and INP (NaN / 0 if no match),
+    from the ranks of the true matches (rows ascending)."""
     num_matches = np.bincount(row, minlength=num_rows)
+    order = np.lexsort((rank, row))
+    row, rank = row[order], rank[order]
+    hits = _position_in_row(row, num_matches) + 1  # true matches ranked at or above this one
     with np.errstate(invalid="ignore", divide="ignore"):
         ap = np.bincount(row, weights=hits / rank, minlength=num_rows) / num_matches
     first_rank = np.zeros(num_rows, dtype=np.int64)
-    first = hits == 1
-    first_rank[row[first]] = rank[first]
-    hardest_rank = np.ones(num_rows, dtype=np.int64)
+    first_rank[row[hits == 1]] = rank[hits == 1]
     hardest = hits == num_matches[row]
-    hardest_rank[row[hardest]] = rank[hardest]
-    return ap, first_rank, num_matches / hardest_rank
-
-
-def _stable_order(distance: np.ndarray) -> np.ndarray:
-    """``np.argsort(distance, axis=1, kind="stable")`` of float32 rows, two to three times faster.
-
-    Each entry becomes a unique 64-bit key: the IEEE-754 bits of its distance mapped to an
-    unsigned integer of the same order (high half) and its column (low half, so fewer than 2**32
-    columns). Sorting unique
-    keys with numpy's fast unstable sort is then stable by construction.
-    """
-    bits = (np.asarray(distance, dtype=np.float32) + np.float32(0)).view(np.int32)  # -0 -> +0
-    bits ^= (bits >> 31) | np.int32(-(2**31))  # negative: flip every bit; else: set the sign bit
-    keys = bits.view(np.uint32).astype(np.uint64)
-    keys <<= np.uint64(32)
-    keys |= np.arange(distance.shape[1], dtype=np.uint64)
-    keys.sort(axis=1)
-    return (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
+    inp = np.full(num_rows, np.nan)
+    inp[row[hardest]] = num_matches[row[hardest]] / rank[hardest]
+    return ap, first_rank, inp

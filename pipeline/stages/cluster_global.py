@@ -32,7 +32,7 @@ KNOWN_PID_FRACTION = 0.5
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipeline.cluster.clusterers import CLUSTERERS
     from pipeline.cluster.knn import NeighbourSearch
-    from pipeline.runtime import Seed
+    from pipeline.runtime import Device, Seed
 
     parser.add_argument("--features", required=True, type=Path, help="HDF5 feature file")
     parser.add_argument("--out", required=True, type=Path, help="global clusters table")
@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, clusterer in CLUSTERERS.items():
         settings.add_arguments(parser, clusterer.options, f"{name} (--method {name})")
     settings.add_arguments(parser, NeighbourSearch, "neighbour search")
+    settings.add_arguments(parser, Device, "device (neighbour search)")
     settings.add_arguments(parser, Seed, "seed (Infomap, index training)")
 
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.cluster.knn import NeighbourSearch, knn
     from pipeline.features.store import read_features
     from pipeline.io import write_table
-    from pipeline.runtime import Seed
+    from pipeline.runtime import Device, Seed, array_device
     from pipeline.tables import GLOBAL_CLUSTERS
 
     if args.method not in CLUSTERERS:
@@ -69,12 +70,13 @@ def run(args: argparse.Namespace) -> None:
     options = settings.from_args(clusterer.options, args)
     search = settings.from_args(NeighbourSearch, args)
     seed = settings.from_args(Seed, args).seed
+    device = array_device(settings.from_args(Device, args).device)
     fs = read_features(args.features)
     neighbours = clusterer.neighbours(options)
     name = clusterer.neighbours_setting
     flag = "--" + name.replace("_", "-")
     warn_few_neighbours(flag, getattr(options, name), neighbours, len(fs), args.features)
-    sims, idx = knn(fs.features, neighbours, search.knn, seed=seed)
+    sims, idx = knn(fs.features, neighbours, search.knn, device=device, seed=seed)
     clusters = clusterer.cluster(fs.features, sims, idx, options, seed)
     params = asdict(options)
     write_table(
