@@ -48,13 +48,13 @@ def check_intra_settings(min_images_per_camera: int, ratio: int) -> None:
     A check of the configuration alone, for the workflow's start-up."""
     if min_images_per_camera < 2 * ratio:
         lower = (
-            f" or lower intra.ratio to {min_images_per_camera // 2}"
+            f" or lower intra.clustering.ratio to {min_images_per_camera // 2}"
             if min_images_per_camera >= 2
             else ""
         )
         raise PipelineError(
             f"dataset.min_images_per_camera {min_images_per_camera} admits cameras that "
-            f"intra.ratio {ratio} cannot split into 2 local clusters (that needs 2 x {ratio} = "
+            f"intra.clustering.ratio {ratio} cannot split into 2 local clusters (that needs 2 x {ratio} = "
             f"{2 * ratio} images); raise min_images_per_camera to {2 * ratio}{lower}"
         )
 

@@ -10,6 +10,7 @@ from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
 from pipeline.config import command_line, deep_merge, load_schema, validate_config  # noqa: E402
+from pipeline.data.validate import check_intra_settings  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.sources import code_hash  # noqa: E402
 
@@ -56,6 +57,11 @@ try:
             f"names ({', '.join(RESERVED_NAMES)}); rename the experiment(s)"
         )
     RESULTS = check_results_folder(_validated["results"])
+    if any(settings["refine"]["mode"] != "none" for settings in EXPERIMENTS.values()):
+        check_intra_settings(
+            _validated["dataset"]["min_images_per_camera"],
+            _validated["intra"]["clustering"]["ratio"],
+        )
 except PipelineError as error:
     raise WorkflowError(f"Invalid configuration: {error}") from None
 config.clear()
