@@ -54,8 +54,8 @@ def check_intra_settings(min_images_per_camera: int, ratio: int) -> None:
         )
         raise PipelineError(
             f"dataset.min_images_per_camera {min_images_per_camera} admits cameras that "
-            f"intra.clustering.ratio {ratio} cannot split into 2 local clusters (that needs 2 x {ratio} = "
-            f"{2 * ratio} images); raise min_images_per_camera to {2 * ratio}{lower}"
+            f"intra.clustering.ratio {ratio} cannot split into 2 local clusters (that needs "
+            f"2 x {ratio} = {2 * ratio} images); raise min_images_per_camera to {2 * ratio}{lower}"
         )
 
 
