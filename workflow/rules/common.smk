@@ -107,7 +107,7 @@ wildcard_constraints:
 def code(stage):
     """The content hash of the code `pipeline <stage>` runs (pipeline/sources.py): a parameter
     of the stage's rule, so that editing that code, and only that code, reruns the stage."""
-    return code_hash(workflow.basedir, "pipeline.stages." + stage)
+    return code_hash(workflow.basedir, f"pipeline.stages.{stage}")
 
 
 def cli(values, *path, only=None):
@@ -207,7 +207,8 @@ def clusterer_options(exp):
     clusterer's settings reruns nothing)."""
     clusterer = EXPERIMENTS[exp]["clusterer"]
     name = clusterer["name"]
-    return f"--method {name} " + cli(clusterer[name], "inter", "clusterer", name)
+    options = cli(clusterer[name], "inter", "clusterer", name)
+    return f"--method {name} {options}"
 
 
 def refine_options(exp, seed, r):

@@ -52,7 +52,7 @@ rule init_model:
         index=INDEX if CALIBRATE_BN else [],
     params:
         code=code("init_model"),
-        opts=cli(config["model"], "model") + " " + runtime("seed"),
+        opts=f"{cli(config['model'], 'model')} {runtime('seed')}",
         calibration=(
             " ".join(
                 [
