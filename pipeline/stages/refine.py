@@ -205,7 +205,9 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
-def saved_neighbours(path: Path | None, fs, options: RefineOptions):
+def saved_neighbours(
+    path: Path | None, fs, options: RefineOptions
+) -> tuple[np.ndarray | None, float | None]:
     """The kNN similarities of ``--neighbours`` that Eq. 4 scores in ``options.mode`` (None:
     the file holds too few, search again) and, in mode reference, the global graph's
     ``min_sim`` recorded with them (None in mode paper)."""
