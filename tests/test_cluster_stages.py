@@ -131,6 +131,8 @@ def test_refine_writes_the_refined_labels_table(workdir, tmp_path, mode):
         4,
         "--mode",
         mode,
+        "--neighbours",
+        workdir / "neighbours.npz",
         "--out",
         tmp_path / "refined.csv",
         "--summary",
@@ -183,7 +185,9 @@ def test_refine_is_reproducible_for_a_seed(workdir, tmp_path):
 # --- bad input ---------------------------------------------------------------------------
 
 
-def call_refine(workdir, tmp_path, clusters=None, local=None, weight_floor=0.0, neighbours=None):
+def call_refine(
+    workdir, tmp_path, clusters=None, local=None, weight_floor=0.0, neighbours=None, mode="paper"
+):
     from argparse import Namespace
 
     from pipeline.stages import refine
@@ -197,7 +201,7 @@ def call_refine(workdir, tmp_path, clusters=None, local=None, weight_floor=0.0, 
             total_epochs=2,
             schedule="cosine",
             p0=1.0,
-            mode="paper",
+            mode=mode,
             pivot_k=15,
             knn="exact",
             weight_floor=weight_floor,
@@ -272,14 +276,54 @@ def test_refine_on_saved_neighbours_equals_a_fresh_search(workdir, tmp_path):
     assert saved["similarities"].shape == (360, 15) and saved["indices"].shape == (360, 15)
 
 
+def saved_neighbours(workdir, **changes):
+    from dataclasses import replace
+
+    from pipeline.stages.cluster_global import read_neighbours
+
+    saved = read_neighbours(workdir / "neighbours.npz", np.arange(10, 370), "none")
+    return replace(saved, **changes)
+
+
 def test_neighbours_of_other_features_are_an_error(workdir, tmp_path):
     from pipeline.stages.cluster_global import write_neighbours
 
-    saved = np.load(workdir / "neighbours.npz")
     stale = tmp_path / "stale.npz"
-    write_neighbours(stale, saved["similarities"], saved["indices"], saved["index_row"] + 1, "none")
+    write_neighbours(stale, saved_neighbours(workdir, index_row=np.arange(11, 371)))
     with pytest.raises(PipelineError, match=r"stale.npz: the neighbour lists were computed"):
         call_refine(workdir, tmp_path, neighbours=stale)
+
+
+def test_saved_neighbours_record_the_graph_threshold_and_whether_k_counts_self(workdir, tmp_path):
+    saved = saved_neighbours(workdir)
+    assert (saved.min_sim, saved.k_counts_self) == (0.5, False)
+    assert saved.similarities.shape == (360, 15)
+    run("cluster-global", "--features", workdir / "train.h5", "--out", tmp_path / "c.csv",
+        "--summary", tmp_path / "c.json", "--k", 9, "--k-counts-self", "--min-sim", 0.6,
+        "--out-neighbours", tmp_path / "n.npz")  # fmt: skip
+    from pipeline.stages.cluster_global import read_neighbours
+
+    own = read_neighbours(tmp_path / "n.npz", np.arange(10, 370), "none")
+    assert (own.min_sim, own.k_counts_self, own.similarities.shape) == (0.6, True, (360, 8))
+    run("cluster-global", "--features", workdir / "train.h5", "--out", tmp_path / "d.csv",
+        "--summary", tmp_path / "d.json", "--method", "dbscan",
+        "--out-neighbours", tmp_path / "d.npz")  # fmt: skip
+    assert read_neighbours(tmp_path / "d.npz", np.arange(10, 370), "none").min_sim is None
+    with pytest.raises(PipelineError, match=r"d.npz: these neighbour lists come from a clust"):
+        call_refine(workdir, tmp_path, neighbours=tmp_path / "d.npz", mode="reference")
+
+
+def test_reference_mode_scores_on_the_threshold_saved_with_the_neighbours(workdir, tmp_path):
+    from pipeline.stages.cluster_global import write_neighbours
+
+    call_refine(workdir, tmp_path / "a", neighbours=workdir / "neighbours.npz", mode="reference")
+    assert json.loads((tmp_path / "a" / "r.json").read_text())["n_pivots"] > 0
+    unlinked = tmp_path / "unlinked.npz"  # no neighbour reaches the threshold: no score, no pivot
+    write_neighbours(unlinked, saved_neighbours(workdir, min_sim=1.5))
+    call_refine(workdir, tmp_path / "b", neighbours=unlinked, mode="reference")
+    assert json.loads((tmp_path / "b" / "r.json").read_text())["n_pivots"] == 0
+    with pytest.raises(PipelineError, match=r"--mode reference scores the pivots on the global"):
+        call_refine(workdir, tmp_path / "c", mode="reference")
 
 
 def test_collect_local_labels_names_the_bad_table(workdir, tmp_path, capsys):

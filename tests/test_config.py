@@ -20,15 +20,19 @@ def test_empty_config_gets_every_default_including_referenced_schemas():
     assert config["inter"]["train"]["momentum"] == pytest.approx(0.2)
     assert config["inter"]["refine"] == {
         "mode": "paper",
+        "pivot_rule": "any",
         "schedule": "cosine",
         "p0": 1.0,
+        "cosine_span": 1.0,
         "pivot_k": 15,
         "weight_floor": 0.0,
     }
+    assert config["intra"]["train"]["memory_update"] == "sample"
 
 
 @pytest.mark.parametrize(
-    "config_file", ["config.yaml", "config/paper.yaml", "config/market-subset.yaml"]
+    "config_file",
+    ["config.yaml", "config/paper.yaml", "config/market-subset.yaml", "config/reference.yaml"],
 )
 def test_shipped_configs_and_their_experiments_validate(config_file):
     config = validate_config(yaml.safe_load((ROOT / config_file).read_text()), SCHEMA)

@@ -18,6 +18,7 @@ its loops and its data layout, not from its code:
   cluster (p = 1).
 """
 
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import faiss
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline.cluster.global_infomap import infomap_clusters
 from pipeline.cluster.knn import knn
@@ -36,8 +38,10 @@ from pipeline.cluster.pivots import (
 )
 from pipeline.cluster.refine import refine_epoch, refine_labels
 from pipeline.cluster.synthetic import planted_features
+from pipeline.config import command_line, load_schema, validate_config
 
 K, MIN_SIM = 15, 0.5
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +182,58 @@ def test_each_departure_from_the_release_scores_changes_decisions(planted, depar
         clusters, camids, local, pivots, 1.0, np.random.default_rng(0), "reference"
     )
     assert not np.array_equal(discarded, planted["discarded"])
+
+
+def test_config_reference_runs_the_stages_as_the_release(planted, tmp_path):
+    """config/reference.yaml's global clustering and refinement settings, passed to the stages
+    as the workflow's rules pass them, give the release's clusters and discard decisions."""
+    from pipeline.cli import main
+    from pipeline.features.store import FeatureSet, write_features
+    from pipeline.io import read_table, write_table
+
+    schema = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    config = validate_config(
+        yaml.safe_load((ROOT / "config" / "reference.yaml").read_text()), schema
+    )
+    inter, sections = config["inter"], schema["properties"]["inter"]["properties"]
+    infomap = command_line(
+        inter["clusterer"]["infomap"], sections["clusterer"]["properties"]["infomap"]
+    )
+    refine = command_line(inter["refine"], sections["refine"])
+    n = len(planted["features"])
+    rows = np.arange(100, 100 + n)
+    write_features(
+        tmp_path / "train.h5",
+        FeatureSet(
+            features=planted["features"],
+            index_row=rows,
+            camid=planted["camids"],
+            pid=np.full(n, -1),
+            path=np.array([f"{i}.jpg" for i in range(n)], dtype=object),
+            attrs={
+                "model": "m",
+                "arch": "a",
+                "height": 8,
+                "width": 4,
+                "flip": False,
+                "split": "train",
+            },
+        ),
+    )
+    write_table(
+        pd.DataFrame(
+            {"index_row": rows, "camid": planted["camids"], "local_label": planted["local"]}
+        ),
+        tmp_path / "local.csv",
+    )
+    main(["cluster-global", "--features", str(tmp_path / "train.h5"), *shlex.split(infomap),
+          "--out", str(tmp_path / "clusters.csv"), "--summary", str(tmp_path / "clusters.json"),
+          "--out-neighbours", str(tmp_path / "neighbours.npz")])  # fmt: skip
+    main(["refine", "--clusters", str(tmp_path / "clusters.csv"), "--features",
+          str(tmp_path / "train.h5"), "--neighbours", str(tmp_path / "neighbours.npz"),
+          "--local-labels", str(tmp_path / "local.csv"), *shlex.split(refine), "--out",
+          str(tmp_path / "refined.csv"), "--summary", str(tmp_path / "refined.json")])  # fmt: skip
+    refined = read_table(tmp_path / "refined.csv")
+    np.testing.assert_array_equal(refined["cluster"], planted["clusters"])
+    np.testing.assert_array_equal(refined["discarded"], planted["discarded"])
+    assert refined["discarded"].sum() > 50

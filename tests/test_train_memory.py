@@ -19,8 +19,8 @@ def test_centroids_are_the_normalised_mean_of_each_cluster():
     assert torch.allclose(centroids, torch.tensor([[s, s], [0.0, 1.0], [-1.0, 0.0]]))
 
 
-def test_update_moves_each_batch_cluster_towards_the_mean_of_its_samples():
-    memory = ClusterMemory(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]), 0.2, 0.1)
+def test_mean_update_moves_each_batch_cluster_towards_the_mean_of_its_samples():
+    memory = ClusterMemory(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]), 0.2, 0.1, "mean")
     # cluster 0 twice (mean (0.5, 0.5)), cluster 2 once, cluster 1 not in the batch
     features = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
     memory.update(features, torch.tensor([0, 0, 2]))
@@ -74,6 +74,31 @@ def test_mean_update_of_the_same_batch_uses_the_mean_once():
     # 0.5 (1, 0) + 0.5 (0.5, 0.5) = (0.75, 0.25)
     moved = torch.tensor([3.0, 1.0]) / math.sqrt(10)
     assert torch.allclose(memory.features, torch.stack([moved, unit(135), unit(-90)]), atol=1e-6)
+
+
+def test_per_sample_update_is_the_default_of_the_memory_and_of_both_training_stages():
+    from pipeline.train.losses import ClusterContrastLoss, ContrastiveOptions, LossContext
+    from pipeline.train.options import Optimisation, TrainOptions
+
+    assert ClusterMemory(torch.eye(2), 0.2, 0.1).update_rule == "sample"
+    assert Optimisation().memory_update == TrainOptions(epochs=1).memory_update == "sample"
+    loss = ClusterContrastLoss.build(ContrastiveOptions(), LossContext(2, (0, 1), 0.5, 0.1))
+    loss.start_epoch(0, torch.stack([unit(0), unit(90)]), _targets([0, 1]))
+    # a batch of cluster 0 at 90 then 0 degrees, m = 0.5: per sample 45 then 22.5 degrees
+    loss.after_step(_batch([unit(90), unit(0)], [0, 0]))
+    assert torch.allclose(loss.memory.features[0], unit(22.5), atol=1e-6)
+
+
+def _targets(labels):
+    from pipeline.train.losses import EpochTargets
+
+    return EpochTargets(labels=torch.tensor(labels), cameras=torch.zeros(len(labels)).long())
+
+
+def _batch(features, labels):
+    from pipeline.train.losses import Batch
+
+    return Batch(torch.stack(features), torch.arange(len(labels)), _targets(labels))
 
 
 def test_unknown_update_is_an_error():

@@ -29,16 +29,30 @@ class Clusterer:
     neighbours_setting: str  # the setting that decides that number (named in warnings)
     # (features, similarities, indices, options, seed) -> labels
     cluster: Callable[[np.ndarray, np.ndarray, np.ndarray, Any, int], np.ndarray]
+    # options -> the weakest similarity of a link of its graph (None: it has no such threshold),
+    # saved with the kNN lists: the released code's pivot scores count only links (Eq. 4)
+    min_sim: Callable[[Any], float | None] = lambda options: None
+    # options -> whether its neighbour setting counts the image itself (saved likewise)
+    counts_self: Callable[[Any], bool] = lambda options: False
 
 
 CLUSTERERS: dict[str, Clusterer] = {
     "infomap": Clusterer(
         InfomapOptions,
-        neighbours=lambda options: options.k,
+        neighbours=lambda options: options.neighbours,
         neighbours_setting="k",
         cluster=lambda features, sims, idx, options, seed: infomap_clusters(
-            sims, idx, options.min_sim, options.min_size, seed, options.tune_iterations
+            sims,
+            idx,
+            options.min_sim,
+            options.min_size,
+            seed,
+            options.tune_iterations,
+            infomap_seed=options.infomap_seed,
+            isolated_nodes=options.isolated_nodes,
         ),
+        min_sim=lambda options: options.min_sim,
+        counts_self=lambda options: options.k_counts_self,
     ),
     "dbscan": Clusterer(
         DbscanOptions,
@@ -47,5 +61,6 @@ CLUSTERERS: dict[str, Clusterer] = {
         cluster=lambda features, sims, idx, options, seed: dbscan_clusters(
             features, idx, options.k1, options.k2, options.eps, options.min_samples
         ),
+        counts_self=lambda options: True,
     ),
 }

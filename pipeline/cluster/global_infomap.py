@@ -16,7 +16,8 @@ called from ``inter_camera_training.py`` with ``--k1 15 --eps 0.5 --k2 4``) diff
 defaults here in five ways, each a parameter (the release's value in brackets):
 
 - ``k``: its faiss search asks for 15 results *including the image itself*, so each image links
-  to at most 14 others [pass the lists of ``knn(features, 14)``; the default searches 15 others];
+  to at most 14 others [``k_counts_self``: the lists of ``knn(features, 14)``; the default
+  searches 15 others];
 - ``min_size``: it drops modules of *at most* ``k2 = 4`` images [``min_size=5``; default 4];
 - ``tune_iterations``: Infomap's default, no limit on the tuning rounds [0; default 1];
 - ``infomap_seed``: Infomap's own default seed [123; default ``seed + 1``];
@@ -26,7 +27,8 @@ defaults here in five ways, each a parameter (the release's value in brackets):
   partition of the others (adjusted Rand index 0.36-0.73 between the two on planted sets with
   203-214 such images in 3,000, the other four settings aligned).
 
-With the five aligned the partitions agree exactly (adjusted Rand index 1 on planted sets,
+Each is a setting of :class:`InfomapOptions` (``config/reference.yaml`` sets all five). With
+the five aligned the partitions agree exactly (adjusted Rand index 1 on planted sets,
 Infomap 2.16; the release pinned Infomap 2.6.0, whose search may differ). ``min_sim`` is 0.5 in
 both.
 
@@ -60,8 +62,13 @@ class InfomapOptions:
     k: int = setting(
         15,
         "neighbours per image in the graph, about the images of one identity (the paper does "
-        "not give it; the released code's 15 counts the image itself)",
+        "not give it; the released code: 15, counting the image itself)",
         minimum=1,
+    )
+    k_counts_self: bool = setting(
+        False,
+        "k counts the image itself, so that each image links to at most k - 1 others, as the "
+        "released code's search (k 15 = 14 others)",
     )
     min_sim: float = setting(0.5, "weakest similarity of a link", minimum=-1, maximum=1)
     min_size: int = setting(
@@ -73,6 +80,23 @@ class InfomapOptions:
         "released code); 1 is about 3x faster at a lower codelength on the benchmark graphs",
         minimum=0,
     )
+    infomap_seed: int | None = setting(
+        None,
+        "Infomap's own --seed (1 or more); null = the run's seed + 1. The released code leaves "
+        "Infomap's default, 123",
+        minimum=1,
+    )
+    isolated_nodes: bool = setting(
+        True,
+        "every image is a node of Infomap's network; off: only images with a link, as the "
+        "released code (an unlinked image is an outlier either way, but as a node it draws "
+        "teleportation flow, which changes the partition of the others)",
+    )
+
+    @property
+    def neighbours(self) -> int:
+        """Other images searched per image: ``k``, or ``k - 1`` when it counts the image."""
+        return self.k - 1 if self.k_counts_self else self.k
 
 
 def infomap_clusters(

@@ -13,9 +13,11 @@ of the stage's time).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,11 @@ def run(args: argparse.Namespace) -> None:
     neighbours = clusterer.neighbours(options)
     name = clusterer.neighbours_setting
     flag = "--" + name.replace("_", "-")
+    if neighbours < 1:
+        raise PipelineError(
+            f"{flag} {getattr(options, name)} leaves no other image to link to (it counts the "
+            f"image itself); raise {flag}"
+        )
     warn_few_neighbours(flag, getattr(options, name), neighbours, len(fs), args.features)
     sims, idx = knn(fs.features, neighbours, search.knn, device=device, seed=seed)
     clusters = clusterer.cluster(fs.features, sims, idx, options, seed)
@@ -84,7 +91,17 @@ def run(args: argparse.Namespace) -> None:
         args.out,
     )
     if args.out_neighbours:
-        write_neighbours(args.out_neighbours, sims, idx, fs.index_row, fs.attrs.get("model"))
+        write_neighbours(
+            args.out_neighbours,
+            Neighbours(
+                sims,
+                idx,
+                fs.index_row,
+                fs.attrs.get("model"),
+                clusterer.min_sim(options),
+                clusterer.counts_self(options),
+            ),
+        )
     summary = {
         "method": args.method,
         **params,
@@ -127,46 +144,66 @@ def warn_few_neighbours(
         )
 
 
-def write_neighbours(
-    path: Path, similarities: np.ndarray, indices: np.ndarray, index_row: np.ndarray, model
-) -> None:
-    """Save kNN lists (rows in feature order) with the rows and model they were computed for."""
+@dataclass(frozen=True)
+class Neighbours:
+    """The kNN lists of the global clustering (rows in feature order, self excluded), the rows
+    and model they were computed for, and how the clusterer read them: the weakest similarity
+    of a graph link (None: no such threshold) and whether its neighbour setting counts the
+    image itself."""
+
+    similarities: np.ndarray
+    indices: np.ndarray
+    index_row: np.ndarray
+    model: str
+    min_sim: float | None
+    k_counts_self: bool
+
+
+def write_neighbours(path: Path, neighbours: Neighbours) -> None:
+    """Save :class:`Neighbours` (``neighbours.npz``, docs/formats.md)."""
     from pipeline.io import atomic_output
 
+    min_sim = np.nan if neighbours.min_sim is None else float(neighbours.min_sim)
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
-            similarities=similarities,
-            indices=indices,
-            index_row=index_row,
-            model=np.array(str(model)),
+            similarities=neighbours.similarities,
+            indices=neighbours.indices,
+            index_row=neighbours.index_row,
+            model=np.array(str(neighbours.model)),
+            min_sim=np.array(min_sim),
+            k_counts_self=np.array(bool(neighbours.k_counts_self)),
         )
 
 
-def read_neighbour_similarities(
-    path: Path, index_row: np.ndarray, model, k: int
-) -> np.ndarray | None:
-    """The first ``k`` neighbour similarities of each row saved by :func:`write_neighbours`, or
-    None when the file holds fewer than ``k`` per row. Lists computed for other rows or another
-    model's features are an error naming the file."""
+def read_neighbours(path: Path, index_row: np.ndarray, model) -> Neighbours:
+    """The lists saved by :func:`write_neighbours`. Lists computed for other rows or another
+    model's features, or written before the clusterer's settings were saved with them, are an
+    error naming the file."""
     try:
         with np.load(path) as saved:
-            similarities, rows = saved["similarities"], saved["index_row"]
-            saved_model = str(saved["model"])
+            found = Neighbours(
+                saved["similarities"],
+                saved["indices"],
+                saved["index_row"],
+                str(saved["model"]),
+                float(saved["min_sim"]),
+                bool(saved["k_counts_self"]),
+            )
     except (OSError, KeyError, ValueError) as exc:
         raise PipelineError(
             f"{path}: cannot read the neighbour lists ({exc}); rerun `pipeline cluster-global` "
             "with --out-neighbours"
         ) from exc
-    if not np.array_equal(rows, index_row) or saved_model != str(model):
+    if not np.array_equal(found.index_row, index_row) or found.model != str(model):
         raise PipelineError(
             f"{path}: the neighbour lists were computed from other features (model "
-            f"{saved_model}, {len(rows)} rows) than --features (model {model}, {len(index_row)} "
-            "rows); rerun `pipeline cluster-global` on these features"
+            f"{found.model}, {len(found.index_row)} rows) than --features (model {model}, "
+            f"{len(index_row)} rows); rerun `pipeline cluster-global` on these features"
         )
-    if similarities.shape[1] < k:
-        return None
-    return similarities[:, :k]
+    if np.isnan(found.min_sim):
+        return dataclasses.replace(found, min_sim=None)
+    return found
 
 
 def pids_known(pids: np.ndarray) -> bool:

@@ -1,9 +1,10 @@
 """Refine the global clusters with pivots and local labels for one epoch (paper Eq. 4-6).
 
 Selects the pivots (Eq. 4) on the current features, discards the members of each pivot's global
-cluster and camera that share no local cluster with a pivot, each with probability p from
---schedule (Eq. 5; --mode reference: one pivot per cluster and p = --p0 as the released code),
-and attaches each sample's cluster weight (Eq. 6). Writes the refined labels table of
+cluster and camera that share no local cluster with a pivot (--pivot-rule: how several pivots of
+one cluster and camera decide), each with probability p from --schedule (Eq. 5; --mode
+reference: the released code's pivot scores on the global graph's links, one pivot per cluster
+and p = --p0), and attaches each sample's cluster weight (Eq. 6). Writes the refined labels table of
 docs/formats.md and a JSON summary (pivots, discards, p; cluster quality of the global, refined
 and local labels when identities are known).
 """
@@ -20,6 +21,7 @@ import pandas as pd
 
 from pipeline import settings
 from pipeline.cluster.labels import first_rows
+from pipeline.cluster.refine import PIVOT_RULES
 from pipeline.cluster.schedules import SCHEDULES
 from pipeline.errors import PipelineError
 from pipeline.settings import setting
@@ -33,9 +35,17 @@ class RefineOptions:
 
     mode: str = setting(
         "paper",
-        "paper: every pivot counts (Eq. 4-5); reference: the released code (one pivot per "
+        "paper: Eq. 4-5 as the paper states them, every pivot counts (--pivot-rule); "
+        "reference: the released code (pivot scores on the global graph's links, one pivot per "
         "cluster, fixed p); none: no refinement, the global clusters are the labels (baseline)",
         choices=("paper", "reference", "none"),
+    )
+    pivot_rule: str = setting(
+        "any",
+        "mode paper, when one cluster and camera holds pivots in different local clusters: "
+        "any = a member is kept if any pivot vouches for it; each = Eq. 5 once per pivot, kept "
+        "only if every pivot vouches; best = only the highest-scoring pivot decides",
+        choices=PIVOT_RULES,
     )
     schedule: str = setting(
         "cosine",
@@ -43,8 +53,18 @@ class RefineOptions:
         choices=SCHEDULES,
     )
     p0: float = setting(1.0, "discard probability at epoch 0", minimum=0, maximum=1)
+    cosine_span: float = setting(
+        1.0,
+        "the cosine schedule's half period in units of the epochs, p = p0 (1 + cos(pi e / "
+        "(s E))) / 2: 1 falls to about 0 by the last epoch; the released code's commented-out "
+        "decay: 3",
+        exclusive_minimum=0,
+    )
     pivot_k: int = setting(
-        15, "neighbours in the pivot score (Eq. 4: the paper's top 15)", minimum=1
+        15,
+        "neighbours in the pivot score (Eq. 4: the paper's top 15); mode reference counts the "
+        "image itself (15 = 14 others), as the released code",
+        minimum=1,
     )
     weight_floor: float = setting(
         0.0,
@@ -74,7 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--neighbours",
         type=Path,
         help="kNN lists of these features from `pipeline cluster-global --out-neighbours` "
-        "(used for Eq. 4 when they hold at least --pivot-k neighbours; else searched again)",
+        "(used for Eq. 4 when they hold enough neighbours, else searched again; --mode "
+        "reference needs them: it scores only the graph's links, whose min_sim they record)",
     )
     parser.add_argument("--out", required=True, type=Path, help="refined labels table")
     parser.add_argument("--summary", required=True, type=Path, help="JSON summary to write")
@@ -92,11 +113,7 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.features.store import read_features
     from pipeline.io import write_table
     from pipeline.runtime import Seed
-    from pipeline.stages.cluster_global import (
-        read_neighbour_similarities,
-        warn_few_neighbours,
-        write_summary,
-    )
+    from pipeline.stages.cluster_global import warn_few_neighbours, write_summary
     from pipeline.tables import REFINED_LABELS
 
     options = settings.from_args(RefineOptions, args)
@@ -124,17 +141,11 @@ def run(args: argparse.Namespace) -> None:
             log.info(
                 "--mode reference keeps p = --p0 fixed; --schedule %s ignored", options.schedule
             )
-        p = discard_probability(args.epoch, args.total_epochs, schedule, options.p0)
+        p = discard_probability(
+            args.epoch, args.total_epochs, schedule, options.p0, cosine_span=options.cosine_span
+        )
         rng = np.random.default_rng([seed, args.epoch])
-        similarities = None
-        if args.neighbours:
-            similarities = read_neighbour_similarities(
-                args.neighbours, fs.index_row, fs.attrs.get("model"), options.pivot_k
-            )
-            if similarities is None:
-                log.info(
-                    "%s holds fewer than %d neighbours: searching", args.neighbours, options.pivot_k
-                )
+        similarities, min_sim = saved_neighbours(args.neighbours, fs, options)
         result = refine_epoch(
             fs.features,
             clusters,
@@ -146,6 +157,8 @@ def run(args: argparse.Namespace) -> None:
             options.pivot_k,
             search.knn,
             similarities,
+            pivot_rule=options.pivot_rule,
+            min_sim=min_sim,
         )
         labels, discarded, pivots = result.labels, result.discarded, result.pivots
         mean_distance = result.mean_distance
@@ -169,6 +182,7 @@ def run(args: argparse.Namespace) -> None:
         "p0": options.p0,
         "discard_probability": p,
         "pivot_k": options.pivot_k,
+        "pivot_rule": options.pivot_rule if options.mode == "paper" else None,
         "weight_floor": options.weight_floor,
         "mean_distance": mean_distance,
         "n_images": len(fs),
@@ -189,6 +203,48 @@ def run(args: argparse.Namespace) -> None:
         summary["n_discarded"],
         int((clusters >= 0).sum()),
     )
+
+
+def saved_neighbours(
+    path: Path | None, fs, options: RefineOptions
+) -> tuple[np.ndarray | None, float | None]:
+    """The kNN similarities of ``--neighbours`` that Eq. 4 scores in ``options.mode`` (None:
+    the file holds too few, search again) and, in mode reference, the global graph's
+    ``min_sim`` recorded with them (None in mode paper)."""
+    from pipeline.stages.cluster_global import read_neighbours
+
+    reference = options.mode == "reference"
+    if path is None:
+        if reference:
+            raise PipelineError(
+                "--mode reference scores the pivots on the global graph's links (similarity at "
+                "least its min_sim), as the released code: pass --neighbours, the lists that "
+                "`pipeline cluster-global --out-neighbours` saved with that threshold"
+            )
+        return None, None
+    saved = read_neighbours(path, fs.index_row, fs.attrs.get("model"))
+    min_sim = None
+    if reference:
+        if saved.min_sim is None:
+            raise PipelineError(
+                f"{path}: these neighbour lists come from a clusterer without a similarity "
+                "threshold (dbscan); --mode reference scores the pivots on Infomap's links: "
+                "cluster with --method infomap, or refine with --mode paper"
+            )
+        min_sim = saved.min_sim
+        if not saved.k_counts_self:
+            log.warning(
+                "%s: the global graph's k did not count the image itself, the released code's "
+                "did (cluster-global --k-counts-self); --mode reference scores --pivot-k %d "
+                "counting the image all the same",
+                path,
+                options.pivot_k,
+            )
+    needed = options.pivot_k - 1 if reference else options.pivot_k
+    if saved.similarities.shape[1] < needed:
+        log.info("%s holds fewer than %d neighbours: searching", path, needed)
+        return None, min_sim
+    return saved.similarities[:, :needed], min_sim
 
 
 def aligned_clusters(path: Path, index_row: np.ndarray, camid: np.ndarray) -> np.ndarray:

@@ -98,7 +98,9 @@ def run(args: argparse.Namespace) -> None:
             initial_labels if epoch == 0 else None,
         ),
         build_losses=lambda context: {
-            "contrastive": ClusterContrastLoss(context.momentum, context.temperature, False)
+            "contrastive": ClusterContrastLoss(
+                context.momentum, context.temperature, False, context.memory_update
+            )
         },
         camera_ids=(args.camera,),
         out_checkpoint=args.out_checkpoint,

@@ -34,21 +34,36 @@ from pipeline.settings import setting
 from pipeline.train.memory import ClusterMemory
 
 CLASSIFIER_HIDDEN = 256
+# how the weighted loss of Eq. 6 is averaged over a batch (weighted_contrastive_loss)
+NORMALISATIONS = ("batch", "weights")
+# the camera classifier's layers (CameraClassifier)
+CAMERA_HEADS = ("mlp", "release")
 
 
 def weighted_contrastive_loss(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    normalisation: str = "batch",
 ) -> torch.Tensor:
     """Eq. 6: ``(1/B) sum_i w_i * CE(logits_i, y_i)``; without ``weights``, Eq. 3 (mean CE).
 
     ``logits`` (B, K) are memory similarities over the temperature (see ``ClusterMemory``).
-    The sum is divided by the batch size, not by the sum of the weights, so a weight scales its
-    sample's gradient and a batch whose weights are all zero gives 0 (never 0/0).
+    ``normalisation="batch"``: the sum is divided by the batch size, not by the sum of the
+    weights, so a weight scales its sample's gradient and a batch whose weights are all zero
+    gives 0 (never 0/0). ``"weights"``: divided by the sum of the weights, as the released code
+    (``F.cross_entropy`` with the cluster weights as class weights, ``calr/models/cm.py`` line
+    100), which there gives 0/0 = NaN for a batch whose weights are all zero; here 0.
     """
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     losses = F.cross_entropy(logits, labels, reduction="none")
-    if weights is not None:
-        losses = losses * weights
-    return losses.sum() / len(labels)
+    if weights is None:
+        return losses.mean()
+    total = (losses * weights).sum()
+    if normalisation == "batch":
+        return total / len(labels)
+    return total / weights.sum().clamp_min(torch.finfo(total.dtype).tiny)
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -77,21 +92,50 @@ class GradientReversal(nn.Module):
 
 
 class CameraClassifier(nn.Module):
-    """The camera domain classifier D of Eq. 8 behind R_lambda: embedding (B, D) -> camera
-    logits (B, C), through Linear(D, 256), BatchNorm, ReLU, Linear(256, C)."""
+    """The camera domain classifier D of Eq. 8 behind R_lambda: embedding (B, D) -> what the
+    cross-entropy of Eq. 8 takes as logits (B, C). The paper does not give its layers.
 
-    def __init__(self, feature_dim: int, num_cameras: int, grl_lambda: float = 1.0) -> None:
+    ``head="mlp"`` (this project's): Linear(D, 256), BatchNorm, ReLU, Linear(256, C), whose
+    output are the logits. ``head="release"``: the released code's layers (``calr/models/
+    resnet.py`` lines 67-76), Linear(D, 100), BatchNorm, ReLU, Dropout(0.5), Linear(100, 100),
+    BatchNorm, ReLU, Linear(100, C), LogSoftmax, and, as its trainer (``calr/trainers.py``
+    lines 36-37), a softmax of that output: the cross-entropy then normalises probabilities a
+    second time, so the loss stays between ln(e + C - 1) - 1 and ln(e + C - 1) and its
+    gradient is small.
+    """
+
+    def __init__(
+        self, feature_dim: int, num_cameras: int, grl_lambda: float = 1.0, head: str = "mlp"
+    ) -> None:
         super().__init__()
+        if head not in CAMERA_HEADS:
+            raise ValueError(f"head must be one of {CAMERA_HEADS}, got {head!r}")
         self.reversal = GradientReversal(grl_lambda)
-        self.mlp = nn.Sequential(
-            nn.Linear(feature_dim, CLASSIFIER_HIDDEN),
-            nn.BatchNorm1d(CLASSIFIER_HIDDEN),
-            nn.ReLU(inplace=True),
-            nn.Linear(CLASSIFIER_HIDDEN, num_cameras),
-        )
+        self.head = head
+        if head == "mlp":
+            layers = [
+                nn.Linear(feature_dim, CLASSIFIER_HIDDEN),
+                nn.BatchNorm1d(CLASSIFIER_HIDDEN),
+                nn.ReLU(inplace=True),
+                nn.Linear(CLASSIFIER_HIDDEN, num_cameras),
+            ]
+        else:
+            layers = [
+                nn.Linear(feature_dim, 100),
+                nn.BatchNorm1d(100),
+                nn.ReLU(inplace=True),
+                nn.Dropout(0.5),
+                nn.Linear(100, 100),
+                nn.BatchNorm1d(100),
+                nn.ReLU(inplace=True),
+                nn.Linear(100, num_cameras),
+                nn.LogSoftmax(dim=1),
+            ]
+        self.mlp = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.reversal(features))
+        output = self.mlp(self.reversal(features))
+        return output.softmax(dim=1) if self.head == "release" else output
 
 
 def camera_domain_loss(logits: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
@@ -136,12 +180,13 @@ class Batch:
 @dataclass(frozen=True)
 class LossContext:
     """What a loss term may need to be built: the embedding size, the training cameras (sorted
-    camids) and the memory's momentum and temperature."""
+    camids) and the memory's momentum, temperature and update rule (Eq. 2)."""
 
     feature_dim: int
     camera_ids: tuple[int, ...]
     momentum: float
     temperature: float
+    memory_update: str = "sample"
 
 
 class LossTerm(nn.Module):
@@ -179,32 +224,69 @@ class ContrastiveOptions:
         "weight column); off: Eq. 3",
         flag="--cluster-weights",
     )
+    weights_from_epoch: int = setting(
+        0,
+        "first (0-based) epoch of stage 2 trained with the cluster weights; the epochs before "
+        "it use Eq. 3. 0 = every epoch (the paper); the released code: 5",
+        minimum=0,
+    )
+    normalisation: str = setting(
+        "batch",
+        "what the weighted loss (Eq. 6) is divided by: batch = the batch size (Eq. 6); weights "
+        "= the sum of the batch's weights (the released code, PyTorch's class-weighted "
+        "cross-entropy)",
+        choices=NORMALISATIONS,
+        flag="--weight-normalisation",
+    )
 
 
 class ClusterContrastLoss(LossTerm):
     """Eq. 3 / Eq. 6 against a cluster memory rebuilt every epoch and moved after every step
-    (Eq. 1-2)."""
+    (Eq. 1-2). With ``weighted``, the loss is Eq. 6 from epoch ``weights_from_epoch`` on,
+    averaged as ``normalisation`` says (:func:`weighted_contrastive_loss`), and Eq. 3 before."""
 
     name = "contrastive"
     options = ContrastiveOptions
 
-    def __init__(self, momentum: float, temperature: float, weighted: bool) -> None:
+    def __init__(
+        self,
+        momentum: float,
+        temperature: float,
+        weighted: bool,
+        update: str = "sample",
+        *,
+        weights_from_epoch: int = 0,
+        normalisation: str = "batch",
+    ) -> None:
         super().__init__()
         self.momentum, self.temperature, self.weighted = momentum, temperature, weighted
+        self.update = update
+        self.weights_from_epoch, self.normalisation = weights_from_epoch, normalisation
         self.memory: ClusterMemory | None = None
+        self.epoch = 0
 
     @classmethod
     def build(cls, options: ContrastiveOptions, context: LossContext) -> ClusterContrastLoss:
-        return cls(context.momentum, context.temperature, options.cluster_weights)
+        return cls(
+            context.momentum,
+            context.temperature,
+            options.cluster_weights,
+            context.memory_update,
+            weights_from_epoch=options.weights_from_epoch,
+            normalisation=options.normalisation,
+        )
 
     def start_epoch(self, epoch: int, features: torch.Tensor, targets: EpochTargets) -> None:
+        self.epoch = epoch
         self.memory = ClusterMemory.from_features(
-            features, targets.labels, self.momentum, self.temperature
+            features, targets.labels, self.momentum, self.temperature, self.update
         )
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        weights = batch.weights if self.weighted else None
-        return weighted_contrastive_loss(self.memory.logits(batch.features), batch.labels, weights)
+        weighted = self.weighted and self.epoch >= self.weights_from_epoch
+        weights = batch.weights if weighted else None
+        logits = self.memory.logits(batch.features)
+        return weighted_contrastive_loss(logits, batch.labels, weights, self.normalisation)
 
     def after_step(self, batch: Batch) -> None:
         self.memory.update(batch.features, batch.labels)
@@ -222,26 +304,62 @@ class CameraLossOptions:
         "smaller value keeps the encoder from outpacing the classifier",
         minimum=0,
     )
+    last_epoch: int | None = setting(
+        None,
+        "last (0-based) epoch of stage 2 trained with the camera loss; null = every epoch (the "
+        "paper); the released code: 2 (epochs 0-2)",
+        minimum=0,
+        flag="--camera-last-epoch",
+    )
+    classifier: str = setting(
+        "mlp",
+        "the camera classifier's layers: mlp = Linear(D, 256), BatchNorm, ReLU, Linear(256, C) "
+        "(the paper gives none); release = the released code's three layers with dropout, its "
+        "cross-entropy taken on the softmax of their log-softmax output",
+        choices=CAMERA_HEADS,
+        flag="--camera-classifier",
+    )
 
 
 class CameraAdversarialLoss(LossTerm):
-    """Eq. 8: cross-entropy of the camera classifier D on R_lambda(f(x)), weighted by beta."""
+    """Eq. 8: cross-entropy of the camera classifier D on R_lambda(f(x)), weighted by beta, in
+    the epochs up to ``last_epoch`` (None: all)."""
 
     name = "camera"
     options = CameraLossOptions
 
-    def __init__(self, feature_dim: int, camera_ids: Sequence[int], beta: float, grl_lambda: float):
+    def __init__(
+        self,
+        feature_dim: int,
+        camera_ids: Sequence[int],
+        beta: float,
+        grl_lambda: float,
+        *,
+        last_epoch: int | None = None,
+        head: str = "mlp",
+    ):
         super().__init__()
         self.camera_ids = tuple(int(c) for c in camera_ids)
         self.weight = beta
-        self.classifier = CameraClassifier(feature_dim, len(self.camera_ids), grl_lambda)
+        self.last_epoch = last_epoch
+        self.classifier = CameraClassifier(feature_dim, len(self.camera_ids), grl_lambda, head)
         self.camera_index: torch.Tensor | None = None
 
     @classmethod
     def build(cls, options: CameraLossOptions, context: LossContext):
         if not options.enabled:
             return None
-        return cls(context.feature_dim, context.camera_ids, options.beta, options.grl_lambda)
+        return cls(
+            context.feature_dim,
+            context.camera_ids,
+            options.beta,
+            options.grl_lambda,
+            last_epoch=options.last_epoch,
+            head=options.classifier,
+        )
+
+    def active(self, epoch: int) -> bool:
+        return self.last_epoch is None or epoch <= self.last_epoch
 
     def start_epoch(self, epoch: int, features: torch.Tensor, targets: EpochTargets) -> None:
         index = camera_positions(targets.cameras.cpu().numpy(), self.camera_ids)

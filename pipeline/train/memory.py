@@ -5,20 +5,22 @@ always matches the epoch's labels), then moved towards the batch features after 
 momentum m (Eq. 2, ``u <- m u + (1 - m) q``). The contrastive losses (Eq. 3, 6) compare
 embeddings with its rows.
 
-Eq. 2 is stated for one query ``q``; a batch holds several samples of a cluster. Two updates:
+Eq. 2 is stated for one query ``q``; a batch holds several samples of a cluster. Two updates
+(the setting ``memory_update`` of both training stages):
 
-- ``"sample"``: Eq. 2 once per sample, in batch order, the centroid re-normalised after every
-  step, exactly as the released code (``calr/models/cm.py``, ``CM.backward``: a loop over the
-  batch) and ClusterContrast. Without the re-normalisations the ``n`` samples ``q_1..q_n`` of
-  one cluster would compound to ``m^n u + (1 - m) sum_j m^(n-j) q_j``; with them the weights
-  also depend on the norms along the way, so the steps are taken one occurrence at a time:
-  step ``r`` moves, all at once, every cluster that has an ``r``-th sample in the batch (as
-  many steps as the most frequent cluster has samples, e.g. 16 instances per identity).
-- ``"mean"``: one step per cluster with the mean of its samples,
-  ``u <- normalise(m u + (1 - m) mean_j q_j)``: the same with one sample per cluster; with
-  several it weighs them equally instead of favouring the last ones, and keeps more of the old
-  centroid (at m = 0.2 and 16 samples, a weight of 0.2 on it instead of 0.2^16, before the
-  re-normalisations).
+- ``"sample"`` (default): Eq. 2 once per sample, in batch order, the centroid re-normalised
+  after every step, exactly as the released code (``calr/models/cm.py`` lines 28-30,
+  ``CM.backward``: a loop over the batch) and ClusterContrast. Without the
+  re-normalisations the ``n`` samples ``q_1..q_n`` of one cluster would compound to
+  ``m^n u + (1 - m) sum_j m^(n-j) q_j``; with them the weights also depend on the norms along
+  the way, so the steps are taken one occurrence at a time: step ``r`` moves, all at once,
+  every cluster that has an ``r``-th sample in the batch (as many steps as the most frequent
+  cluster has samples, e.g. 16 instances per identity).
+- ``"mean"`` (this project's earlier update): one step per cluster with the mean of its
+  samples, ``u <- normalise(m u + (1 - m) mean_j q_j)``: the same with one sample per
+  cluster; with several it weighs them equally instead of favouring the last ones, and keeps
+  more of the old centroid (at m = 0.2 and 16 samples, a weight of 0.2 on it instead of
+  0.2^16, before the re-normalisations).
 """
 
 from __future__ import annotations
@@ -44,12 +46,13 @@ def cluster_centroids(
 class ClusterMemory:
     """Cluster centroids with the momentum update of Eq. 2, vectorised over a batch.
 
-    ``update`` is one of :data:`UPDATES`: ``"sample"`` (Eq. 2 per sample, as the released
-    code) or ``"mean"`` (once per cluster with the batch mean); see the module docstring.
+    ``update`` is one of :data:`UPDATES`: ``"sample"`` (the default: Eq. 2 per sample, as the
+    equation, ClusterContrast and the released code) or ``"mean"`` (once per cluster with the
+    batch mean); see the module docstring.
     """
 
     def __init__(
-        self, centroids: torch.Tensor, momentum: float, temperature: float, update: str = "mean"
+        self, centroids: torch.Tensor, momentum: float, temperature: float, update: str = "sample"
     ) -> None:
         if update not in UPDATES:
             raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
@@ -65,7 +68,7 @@ class ClusterMemory:
         labels: torch.Tensor,
         momentum: float,
         temperature: float,
-        update: str = "mean",
+        update: str = "sample",
     ) -> ClusterMemory:
         n_clusters = int(labels.max()) + 1
         return cls(cluster_centroids(features, labels, n_clusters), momentum, temperature, update)

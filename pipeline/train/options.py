@@ -17,6 +17,7 @@ from pipeline.data.images import InputSize
 from pipeline.errors import PipelineError
 from pipeline.runtime import Device, Seed
 from pipeline.settings import setting
+from pipeline.train.memory import UPDATES
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class Optimisation:
     )
     temperature: float = setting(
         0.1, "temperature tau of the contrastive loss (Eq. 1, 3, 6)", exclusive_minimum=0
+    )
+    memory_update: str = setting(
+        "sample",
+        "how a batch moves the cluster memory (Eq. 2): sample = once per sample in batch order, "
+        "re-normalised each step (the equation, ClusterContrast and the released code); mean = "
+        "once per cluster with the mean of its samples in the batch",
+        choices=UPDATES,
     )
     workers: int = setting(
         2,
@@ -61,6 +69,7 @@ class TrainOptions:
     step_size: int = 20
     momentum: float = 0.2
     temperature: float = 0.1
+    memory_update: str = "sample"
     workers: int = 2
     device: str = "auto"
     seed: int = 0

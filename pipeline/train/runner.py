@@ -274,6 +274,7 @@ def train(
         camera_ids=tuple(int(camera) for camera in camera_ids),
         momentum=options.momentum,
         temperature=options.temperature,
+        memory_update=options.memory_update,
     )
     state = _TrainingState(
         stage=stage,
