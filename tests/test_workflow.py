@@ -119,6 +119,16 @@ def test_config_typo_is_a_clear_error(tiny_workflow):
     assert "'refien' was unexpected" in output
 
 
+def test_the_baseline_must_be_compared(tmp_path):
+    config = write_config(tmp_path, "baseline.yaml", lambda c: c.update(compare={"baseline": "x"}))
+    result = snakemake(tmp_path, "--configfile", str(config), "-n", check=False)
+    assert result.returncode != 0
+    assert (
+        "compare.baseline 'x' is none of the experiments (baseline, calr) nor 'initial'"
+        in result.stdout + result.stderr
+    )
+
+
 def test_a_config_file_replaces_the_demo_config(tmp_path):
     """config.yaml is the demo: keys a --configfile leaves out take the schema's defaults, not
     the demo's (lambda 0.1, weight floor 0.5, k 6 in config.yaml; 1.0, 0.0, 15 in the schema)."""
@@ -131,6 +141,39 @@ def test_a_config_file_replaces_the_demo_config(tmp_path):
     assert "--weight-floor 0.0" in planned and "--k 15" in planned
     demo = snakemake(tmp_path, "--configfile", str(TINY.parents[2] / "config.yaml"), "-n").stdout
     assert "--grl-lambda 0.1" in demo and "--weight-floor 0.5" in demo and "--k 6" in demo
+
+
+def test_replicates_share_the_jobs_that_do_not_depend_on_the_seed(tmp_path):
+    """With 3 replicates, a dry run (once the dataset index exists) plans the initial model,
+    its features and evaluation and the first intra-camera clustering once, and stage 1's
+    training, stage 2 and the evaluation of its final models once per seed."""
+    results = tmp_path / "results" / "tiny"
+    (results / "demo-data").mkdir(parents=True)
+    (results / "shared").mkdir()
+    pd.DataFrame(
+        {
+            "path": [f"/d/{i}.jpg" for i in range(4)],
+            "camid": [1, 2, 1, 2],
+            "pid": [0, 0, 1, 1],
+            "split": ["train", "train", "query", "gallery"],
+        }
+    ).to_csv(results / "shared" / "index.csv", index=False)
+    result = snakemake(tmp_path, "--configfile", str(TINY), "--config", "replicates=3", "-n")
+    jobs = planned_jobs(result)
+    count = {rule: sum(1 for r, _ in jobs if r == rule) for rule, _ in jobs}
+    shared = {output for rule, output in jobs if "/seed" not in output}
+    assert {output for _, output in jobs if "model_init" in output} == {
+        f"results/tiny/shared/model_init.{name}"
+        for name in ("pt", "train.h5", "query.h5", "gallery.h5", "metrics.csv")
+    }
+    assert count["init_model"] == 1 and count["compare"] == 1
+    assert count["cluster_intra"] == 2  # one per training camera, for every seed
+    assert {o for r, o in jobs if r == "cluster_intra"} <= shared
+    # per seed: 2 cameras' encoders; 2 experiments x 2 rounds of training; 2 final models
+    assert count["train_intra"] == 3 * 2 and count["train_inter"] == 3 * 2 * 2
+    assert count["evaluate"] == 1 + 3 * 2 and count["report"] == 3 * 2
+    for seed in (0, 1, 2):
+        assert f"results/tiny/calr/seed{seed}/round1/model.metrics.csv" in {o for _, o in jobs}
 
 
 def project_copy(tmp_path: Path) -> Path:
