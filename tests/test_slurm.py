@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.workflow_runs import TINY, snakemake
+from tests.workflow_runs import TINY, TINY_RESULTS, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "slurm" / "slurm-local.sh"
@@ -45,8 +45,8 @@ def slurm_cluster():
 
 def test_workflow_through_slurm_matches_a_local_run(slurm_cluster, tiny_workflow, tmp_path):
     """Stage 1 and the first round of stage 2 through sbatch, against the local tiny run."""
-    results = Path("results") / "tiny"
-    target = results / "calr" / "round0" / "model.pt"
+    results = TINY_RESULTS
+    target = results / "calr" / "seed0" / "round0" / "model.pt"
     result = snakemake(tmp_path, "--configfile", str(TINY), "--profile", str(PROFILE), str(target))
 
     output = result.stdout + result.stderr
@@ -61,9 +61,9 @@ def test_workflow_through_slurm_matches_a_local_run(slurm_cluster, tiny_workflow
     local = tiny_workflow.workdir
     for name in [
         "shared/index.csv",
-        *(f"shared/intra/cam{cam}/local_labels.csv" for cam in (1, 2, 3)),
-        "calr/round0/clusters.csv",
-        "calr/round0/refined.csv",
+        *(f"shared/seed0/intra/cam{cam}/local_labels.csv" for cam in (1, 2, 3)),
+        "calr/seed0/round0/clusters.csv",
+        "calr/seed0/round0/refined.csv",
     ]:
         left = pd.read_csv(local / results / name)
         right = pd.read_csv(tmp_path / results / name)
@@ -73,7 +73,7 @@ def test_workflow_through_slurm_matches_a_local_run(slurm_cluster, tiny_workflow
         pd.testing.assert_frame_equal(left, right, obj=name)
     losses = ["loss_contrastive", "loss_camera", "loss_total", "n_clusters", "n_train_samples"]
     pd.testing.assert_frame_equal(
-        pd.read_csv(local / results / "calr/round0/train_log.csv")[losses],
-        pd.read_csv(tmp_path / results / "calr/round0/train_log.csv")[losses],
+        pd.read_csv(local / results / "calr/seed0/round0/train_log.csv")[losses],
+        pd.read_csv(tmp_path / results / "calr/seed0/round0/train_log.csv")[losses],
         rtol=1e-4,
     )

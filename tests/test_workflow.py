@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.workflow_runs import ROOT, TINY, snakemake
+from tests.workflow_runs import ROOT, SENTINEL, SENTINEL_TEXT, TINY, TINY_RESULTS, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def write_config(workdir: Path, name: str, change) -> Path:
 
 
 def test_killed_run_restarts_without_redoing_finished_jobs(tiny_workflow):
-    results = tiny_workflow.workdir / "results" / "tiny"
+    results = tiny_workflow.results
     assert tiny_workflow.stamps_before_kill == tiny_workflow.stamps_after_restart, (
         "finished jobs were redone"
     )
@@ -61,6 +61,37 @@ def test_killed_run_restarts_without_redoing_finished_jobs(tiny_workflow):
     for exp in ("baseline", "calr"):
         for figure in ("curves", "cluster_quality", "tsne_cameras", "retrieval"):
             assert (results / exp / "seed0" / "report" / f"{figure}.png").stat().st_size > 0
+
+
+def test_paths_with_spaces_quotes_and_semicolons_are_quoted(tiny_workflow):
+    """The run's results folder and dataset root hold a space, quotes and a semicolon; the file
+    that unquoted commands would truncate is untouched and nothing escaped the folder."""
+    assert (tiny_workflow.workdir / SENTINEL).read_text() == SENTINEL_TEXT
+    assert sorted(p.name for p in (tiny_workflow.workdir / SENTINEL).parent.iterdir()) == sorted(
+        [SENTINEL.name, TINY_RESULTS.name]
+    )
+    assert (tiny_workflow.results / "demo-data").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"results": "/"}, "cannot be the filesystem root"),
+        ({"results": ""}, "key results: '' should be non-empty"),
+        ({"results": str(ROOT / "pipeline")}, "inside the project's own folders"),
+        ({"experiments": {"shared": {}}}, "experiment name(s) shared are the workflow's own"),
+    ],
+)
+def test_unsafe_results_folders_and_reserved_experiment_names_are_refused(
+    tmp_path, change, message
+):
+    config = yaml.safe_load(TINY.read_text()) | change
+    path = tmp_path / "unsafe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Invalid configuration" in output
+    assert message in output
 
 
 def test_second_run_has_nothing_to_do(tiny_workflow):
@@ -80,7 +111,7 @@ def test_refinement_change_reruns_refinement_and_downstream_only(tiny_workflow):
     # the baseline does not refine: none of its outputs is planned
     assert all("/baseline/" not in output for _, output in jobs), jobs
     # round 0's global clusters are upstream of round 0's refinement
-    assert ("cluster_global", "results/tiny/calr/seed0/round0/clusters.csv") not in jobs
+    assert ("cluster_global", f"{TINY_RESULTS}/calr/seed0/round0/clusters.csv") not in jobs
     assert not any(rule == "extract" and "model_init" in output for rule, output in jobs)
 
 

@@ -10,8 +10,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "workflow" / "tiny.yaml"
+# the tiny run's results folder, relative to its working directory (a space, quotes, a ';')
+TINY_RESULTS = Path(yaml.safe_load(TINY.read_text())["results"])
+# where a shell command with unquoted paths would write (the results folder up to its space)
+SENTINEL = Path(str(TINY_RESULTS).split(" ")[0])
+SENTINEL_TEXT = "not a results folder: the workflow must never write here\n"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 
 
@@ -35,10 +42,17 @@ class TinyRun:
     stamps_after_restart: dict
     restart_output: str
 
+    @property
+    def results(self) -> Path:
+        return self.workdir / TINY_RESULTS
+
 
 def killed_then_restarted_run(workdir: Path) -> TinyRun:
-    """Start the tiny workflow, SIGKILL it once its first jobs are done, and run it again."""
-    shared = workdir / "results" / "tiny" / "shared"
+    """Start the tiny workflow, SIGKILL it once its first jobs are done, and run it again.
+    A file sits where unquoted paths in the rules' commands would write (:data:`SENTINEL`)."""
+    (workdir / SENTINEL).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / SENTINEL).write_text(SENTINEL_TEXT)
+    shared = workdir / TINY_RESULTS / "shared"
     proc = subprocess.Popen(
         [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", "--configfile", str(TINY)],
         stdout=subprocess.DEVNULL,
