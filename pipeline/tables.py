@@ -267,15 +267,65 @@ METRICS = Table(
         Column("reranking", "bool", required=False),
     ),
 )
+PER_QUERY = Table(
+    "per-query scores",
+    "`pipeline evaluate --per-query`",
+    # one row per query in evaluation order; a query without a true match has ap NaN, inp 0
+    # and first_rank 0, and is left out of every mean
+    (_int("query"), _int("pid"), _float("ap"), _float("inp"), _int("first_rank")),
+)
+# the metrics of the comparison with uncertainty (pipeline.evaluate.uncertainty computes them)
+COMPARED_METRICS = ("mAP", "rank1", "rank5", "mINP")
 COMPARISON = Table(
     "comparison",
     "`pipeline compare`",
     (
         Column("experiment", "str"),
-        Column("dataset", "str"),
-        _int("epoch"),
-        Column("reranking", "bool"),
-        *(_float(name) for name in METRIC_VALUES),
+        # a shared experiment ran once for every seed (the initial model): seeds is 1
+        Column("shared", "bool"),
+        _int("seeds"),
+        _int("num_valid_query"),
+        *(_float(f"{m}_{s}") for m in COMPARED_METRICS for s in ("mean", "std")),
+        Column("compared_on", "str"),
+        _float("difference"),
+        _float("low"),
+        _float("high"),
+        Column("verdict", "str"),
+        Column("interval_over", "str"),
+    ),
+)
+COMPARISON_RUNS = Table(
+    "comparison runs",
+    "`pipeline compare --runs-table`",
+    (
+        Column("experiment", "str"),
+        # the seed its metrics record (a shared experiment's one run: -1 when none is)
+        _int("seed"),
+        _int("num_query"),
+        _int("num_valid_query"),
+        *(_float(f"{m}{s}") for m in COMPARED_METRICS for s in ("", "_low", "_high")),
+    ),
+)
+COMPARISON_DIFFERENCES = Table(
+    "comparison differences",
+    "`pipeline compare --differences-table`",
+    (
+        Column("experiment", "str"),
+        Column("metric", "str"),
+        _int("seeds"),
+        *(
+            _float(name)
+            for name in (
+                "difference",
+                "seed_low",
+                "seed_high",
+                "query_low",
+                "query_high",
+                "low",
+                "high",
+            )
+        ),
+        Column("verdict", "str"),
     ),
 )
 # the other columns of a training log depend on the stage and options (docs/formats.md)

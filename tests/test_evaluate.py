@@ -337,6 +337,25 @@ def test_stage_writes_metrics_table(dataset, tmp_path, caplog):
     assert "mAP" in caplog.text and "rank-10" in caplog.text
 
 
+def test_stage_writes_the_per_query_table(dataset, tmp_path):
+    """One row per query in evaluation order, whose means are the metrics table's figures."""
+    from pipeline.report.replicates import query_scores
+    from pipeline.tables import PER_QUERY
+
+    out, per_query = tmp_path / "metrics.csv", tmp_path / "per_query.csv"
+    run_stage(*stage_args(dataset, out, "--per-query", per_query))
+    table = PER_QUERY.read(per_query)
+    query_rows = pd.read_csv(dataset[0]).query("split == 'query'")
+    assert table["query"].tolist() == query_rows.index.tolist()
+    assert table["pid"].tolist() == query_rows["pid"].tolist()
+    row = pd.read_csv(out).iloc[0]
+    scores = query_scores(table, str(per_query))
+    np.testing.assert_allclose(
+        scores.metrics(("mAP", "rank1", "rank5", "mINP")),
+        row[["mAP", "rank1", "rank5", "mINP"]].to_numpy(dtype=float),
+    )
+
+
 def test_stage_reranking(dataset, tmp_path):
     out = tmp_path / "metrics.csv"
     run_stage(*stage_args(dataset, out, "--rerank", "--k1", "4", "--k2", "2", "--lambda", "0.5"))

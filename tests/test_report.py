@@ -1,4 +1,4 @@
-"""The report and compare stages and the plot/table functions behind them."""
+"""The report stage and the plot and table functions behind it (compare: test_uncertainty.py)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,8 @@ from pipeline.report.provenance import software_versions
 from pipeline.report.refinement import cluster_quality_table, plot_cluster_quality, round_table
 from pipeline.report.retrieval import choose_queries, queries_with_match, rank_gallery
 from pipeline.report.summary import FRACTION, trend
-from pipeline.report.tables import (
-    comparison_table,
-    display_table,
-    final_metrics,
-    markdown_table,
-)
-from pipeline.stages import compare, report
+from pipeline.report.tables import display_table, final_metrics, markdown_table
+from pipeline.stages import report
 from pipeline.train.inter import summary_fields
 
 
@@ -345,7 +340,7 @@ def test_queries_with_match_need_the_identity_in_another_camera():
 
 
 # ---------------------------------------------------------------------------------------------
-# tables and compare
+# tables
 
 
 def test_final_metrics_takes_the_last_epoch_per_reranking_setting():
@@ -372,27 +367,16 @@ def test_final_metrics_rejects_repeated_and_empty_tables():
         final_metrics(twice.iloc[:0], "m.csv")
 
 
-def test_comparison_table_and_its_markdown():
-    table = comparison_table(
+def test_metrics_for_people_and_as_markdown():
+    table = pd.concat(
         [
-            pd.DataFrame([metrics_row(epoch=50, mAP=0.8451, rank1=0.936)]),
-            pd.DataFrame([metrics_row(experiment="baseline", epoch=50, mAP=0.83, mINP=np.nan)]),
-        ],
-        ["a.csv", "b.csv"],
-    )
-    assert table.columns.tolist() == [
-        "experiment",
-        "dataset",
-        "epoch",
-        "reranking",
-        "mAP",
-        "rank1",
-        "rank5",
-        "rank10",
-        "mINP",
-    ]
-    assert table["experiment"].tolist() == ["calr", "baseline"]
-    assert table["mAP"].tolist() == [0.8451, 0.83]
+            final_metrics(pd.DataFrame([metrics_row(epoch=50, mAP=0.8451, rank1=0.936)]), "a"),
+            final_metrics(
+                pd.DataFrame([metrics_row(experiment="baseline", epoch=50, mAP=0.83, mINP=np.nan)]),
+                "b",
+            ),
+        ]
+    )[["experiment", "dataset", "epoch", "reranking", "mAP", "rank1", "rank5", "rank10", "mINP"]]
     assert markdown_table(display_table(table)) == (
         "| Experiment | Dataset | Epoch | Re-ranking | mAP | Rank-1 | Rank-5 | Rank-10 | mINP |\n"
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n"
@@ -417,62 +401,6 @@ def test_software_versions_name_every_package():
     for name in ("python", "pipeline", "git commit", "torch", "faiss", "infomap", "snakemake"):
         assert versions[name]
     assert versions["numpy"] == np.__version__
-
-
-def compare_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    compare.add_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def test_compare_writes_csv_markdown_and_prints(tmp_path, capsys):
-    pd.DataFrame([metrics_row(epoch=5, mAP=0.2), metrics_row(epoch=50, mAP=0.845)]).to_csv(
-        tmp_path / "calr.csv", index=False
-    )
-    pd.DataFrame([metrics_row(experiment="baseline", epoch=50, mAP=0.83)]).to_csv(
-        tmp_path / "base.csv", index=False
-    )
-    (tmp_path / "config.yaml").write_text("inter:\n  epochs: 50\n")
-    args = compare_args(
-        [
-            "--metrics",
-            str(tmp_path / "calr.csv"),
-            str(tmp_path / "base.csv"),
-            "--out",
-            str(tmp_path / "out" / "comparison.csv"),
-            "--markdown",
-            str(tmp_path / "out" / "comparison.md"),
-            "--config",
-            str(tmp_path / "config.yaml"),
-        ]
-    )
-    compare.run(args)
-    table = pd.read_csv(tmp_path / "out" / "comparison.csv")
-    assert table["experiment"].tolist() == ["calr", "baseline"]
-    assert table["epoch"].tolist() == [50, 50]
-    assert table["mAP"].tolist() == [0.845, 0.83]
-    text = (tmp_path / "out" / "comparison.md").read_text()
-    assert "| calr | market1501 | 50 | no | 84.5 | 70.0 | 80.0 | 90.0 | 20.0 |" in text
-    assert "| baseline | market1501 | 50 | no | 83.0 |" in text
-    assert f"| torch | {software_versions()['torch']} |" in text
-    assert "```yaml\ninter:\n  epochs: 50\n```" in text
-    printed = capsys.readouterr().out
-    assert "Experiment" in printed and "84.5" in printed and "83.0" in printed
-    assert not list((tmp_path / "out").glob(".tmp-*"))
-
-
-def test_compare_errors_name_the_file(tmp_path):
-    good = tmp_path / "good.csv"
-    pd.DataFrame([metrics_row()]).to_csv(good, index=False)
-    out = ["--out", str(tmp_path / "c.csv")]
-    with pytest.raises(PipelineError, match=r"missing.yaml: configuration file not found"):
-        compare.run(compare_args(["--metrics", str(good), *out, "--config", "missing.yaml"]))
-    pd.DataFrame([metrics_row()]).drop(columns="mINP").to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(PipelineError, match=r"bad.csv: missing column\(s\) mINP"):
-        compare.run(compare_args(["--metrics", str(good), str(tmp_path / "bad.csv"), *out]))
-    with pytest.raises(PipelineError, match=r"absent.csv: table not found"):
-        compare.run(compare_args(["--metrics", str(tmp_path / "absent.csv"), *out]))
-    assert not (tmp_path / "c.csv").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,10 +128,17 @@ USED_BY = {
     ("inter", "train"): {"train_inter"},
     ("evaluate",): {"evaluate"},
     ("report",): {"report"},
+    ("compare",): {"compare"},
 }
-# the demo dataset (so that every job of the workflow exists; its root is the generated folder)
-# and random weights (nothing to download); every other flagged key gets another value
-FIXED = {("dataset", "name"): "demo", ("dataset", "root"): None, ("model", "pretrained"): "none"}
+# the demo dataset (so that every job of the workflow exists; its root is the generated folder),
+# random weights (nothing to download) and an experiment as the baseline; every other flagged
+# key gets another value
+FIXED = {
+    ("dataset", "name"): "demo",
+    ("dataset", "root"): None,
+    ("model", "pretrained"): "none",
+    ("compare", "baseline"): "b",  # one of the experiments
+}
 SEED = 3  # the non-default seed: it names the runs' folders
 
 
@@ -236,3 +243,4 @@ def test_every_setting_reaches_the_commands_of_the_rules_that_use_it(tmp_path):
     assert {c.split("--epochs ")[1].split()[0] for c in commands["train_inter"]} == {"2", "1"}
     assert all("--total-epochs 3" in c for c in commands["train_inter"])
     assert any(f"out/b/seed{SEED}/round1/model.pt" in c for c in commands["train_inter"])
+    assert all("--baseline b " in c for c in commands["compare"])

@@ -1,11 +1,15 @@
-"""Bootstrap intervals over query identities, paired differences over seeds and queries, and the
-comparison table with uncertainty built on them."""
+"""Bootstrap intervals over query identities, paired differences over seeds and queries, the
+comparison table with uncertainty built on them, and the compare stage that writes it."""
 
 from __future__ import annotations
+
+import argparse
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from scipy import stats
 
 from pipeline.errors import PipelineError
@@ -23,14 +27,16 @@ from pipeline.evaluate.uncertainty import (
 )
 from pipeline.report.replicates import (
     BASELINE,
-    PER_QUERY_COLUMNS,
     QUERIES_ONLY,
+    SEEDS_AND_QUERIES,
     plot_replicates,
     query_scores,
     replicate_tables,
     replicates_markdown,
     replicates_text,
 )
+from pipeline.stages import compare
+from pipeline.tables import COMPARISON, COMPARISON_DIFFERENCES, COMPARISON_RUNS
 
 RESAMPLES = 500
 
@@ -252,7 +258,7 @@ def test_the_comparison_prints_spread_intervals_and_verdict(tables):
 
 def test_experiments_need_the_baselines_seeds(baseline_runs):
     runs = {"baseline": dict(enumerate(baseline_runs)), "calr": {0: baseline_runs[0]}}
-    with pytest.raises(PipelineError, match=r"'calr' has seeds \[0\] but the baseline"):
+    with pytest.raises(PipelineError, match=r"'calr' has seeds \[0\] but 'baseline' has \[0, "):
         replicate_tables(runs, "baseline")
     with pytest.raises(PipelineError, match="baseline 'none' is not among"):
         replicate_tables(runs, "none")
@@ -280,11 +286,10 @@ def test_query_scores_from_a_table():
     np.testing.assert_allclose(run.metrics(("mAP", "rank1")), [0.75, 0.5])
     with pytest.raises(PipelineError, match="per_query.csv: missing column.s. inp"):
         query_scores(table.drop(columns="inp"), "per_query.csv")
-    with pytest.raises(PipelineError, match="first_rank holds float64"):
-        query_scores(table.assign(first_rank=[2.0, 0.0, 1.0]), "per_query.csv")
+    with pytest.raises(PipelineError, match="'first_rank' .* must hold integers.* row 0: 2.5"):
+        query_scores(table.assign(first_rank=[2.5, 0.0, 1.0]), "per_query.csv")
     with pytest.raises(PipelineError, match="row 2 has first_rank 1, ap nan"):
         query_scores(table.assign(ap=[0.5, np.nan, np.nan]), "per_query.csv")
-    assert set(PER_QUERY_COLUMNS) == set(table.columns)
 
 
 def test_plot_replicates(tables):
@@ -300,3 +305,151 @@ def test_plot_replicates(tables):
     np.testing.assert_allclose(seed0.lines[0].get_ydata(), 100 * tables.runs["mAP"][::3])
     segments = seed0.lines[2][0].get_segments()
     np.testing.assert_allclose([s[0][1] for s in segments], 100 * tables.runs["mAP_low"][::3])
+
+
+def test_a_shared_run_stands_for_every_seed(baseline_runs):
+    """The initial model runs once: its one run is paired with each of the baseline's seeds."""
+    initial = planted_runs(-0.1, seeds=1)[0]
+    runs = {
+        "initial": {-1: initial},
+        "baseline": dict(enumerate(baseline_runs)),
+        "calr": dict(enumerate(planted_runs(0.1))),
+    }
+    tables = replicate_tables(runs, "baseline", shared=("initial",), resamples=RESAMPLES)
+    row = tables.summary.set_index("experiment").loc["initial"]
+    assert bool(row["shared"]) and row["seeds"] == 1 and np.isnan(row["mAP_std"])
+    assert row["verdict"] == WORSE and row["interval_over"] == SEEDS_AND_QUERIES
+    alone = paired_difference(
+        [initial] * 3, baseline_runs, identity_bootstrap(initial, RESAMPLES), ("mAP",)
+    )
+    assert row["difference"] == pytest.approx(alone.difference[0])
+    assert (row["low"], row["high"]) == pytest.approx((alone.low[0], alone.high[0]))
+    assert tables.runs["experiment"].tolist() == ["initial"] + ["baseline"] * 3 + ["calr"] * 3
+    assert "| initial | shared |" in replicates_markdown(tables)
+    fig = plot_replicates(tables)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert sorted(labels) == [
+        "mean over seeds",
+        "one run for all seeds",
+        "seed 0",
+        "seed 1",
+        "seed 2",
+    ]
+    with pytest.raises(PipelineError, match="shared experiment 'calr' has 3 runs"):
+        replicate_tables(runs, "baseline", shared=("calr",))
+    with pytest.raises(PipelineError, match="shared experiment.s. other are not among"):
+        replicate_tables(runs, "baseline", shared=("other",))
+
+
+# ---------------------------------------------------------------------------------------------
+# the compare stage
+
+
+def write_run(folder: Path, experiment: str, seed: int, run: QueryScores) -> tuple[Path, Path]:
+    """A run's metrics table and per-query table, as `pipeline evaluate` writes them."""
+    value = run.metrics(("mAP", "rank1", "rank5", "mINP"))
+    metrics = folder / f"{experiment}-{seed}.metrics.csv"
+    pd.DataFrame(
+        [
+            {
+                "experiment": experiment,
+                "dataset": "demo",
+                "epoch": 4,
+                "seed": seed,
+                "mAP": value[0],
+                "rank1": value[1],
+                "rank5": value[2],
+                "rank10": value[2],
+                "mINP": value[3],
+                "num_query": len(run.query),
+                "num_valid_query": int(run.valid.sum()),
+                "reranking": False,
+            }
+        ]
+    ).to_csv(metrics, index=False)
+    per_query = folder / f"{experiment}-{seed}.per_query.csv"
+    pd.DataFrame(
+        {"query": run.query, "pid": run.pid, "ap": run.ap, "inp": run.inp, "first_rank": 1}
+    ).to_csv(per_query, index=False)
+    return metrics, per_query
+
+
+@pytest.fixture(scope="module")
+def compare_inputs(tmp_path_factory, baseline_runs) -> tuple[list[Path], list[Path]]:
+    """initial (one run, seed -1), baseline and calr (seeds 0-2), in that order."""
+    folder = tmp_path_factory.mktemp("compare-inputs")
+    runs = [("initial", -1, planted_runs(-0.1, seeds=1)[0])]
+    runs += [("baseline", seed, run) for seed, run in enumerate(baseline_runs)]
+    runs += [("calr", seed, run) for seed, run in enumerate(planted_runs(0.1))]
+    pairs = [write_run(folder, *run) for run in runs]
+    return [m for m, _ in pairs], [q for _, q in pairs]
+
+
+def run_compare(metrics: list[Path], per_query: list[Path], *options: str) -> None:
+    parser = argparse.ArgumentParser()
+    compare.add_arguments(parser)  # not the whole CLI: it would import PyTorch
+    compare.run(
+        parser.parse_args(
+            ["--metrics", *map(str, metrics), "--per-query", *map(str, per_query), *options]
+        )
+    )
+
+
+def test_compare_writes_the_comparison_everywhere(compare_inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    outputs = {
+        "--out": "comparison.csv",
+        "--runs-table": "runs.csv",
+        "--differences-table": "differences.csv",
+        "--markdown": "comparison.md",
+        "--html": "comparison.html",
+        "--text": "comparison.txt",
+        "--plot": "replicates.png",
+    }
+    (tmp_path / "config.yaml").write_text("replicates: 3\n")
+    options = [word for flag, name in outputs.items() for word in (flag, str(out / name))]
+    run_compare(
+        *compare_inputs,
+        "--shared", "initial", *options, "--config", str(tmp_path / "config.yaml"),
+        "--bootstrap-resamples", "500",
+    )  # fmt: skip
+    summary = COMPARISON.read(out / "comparison.csv").set_index("experiment")
+    assert list(summary.index) == ["initial", "baseline", "calr"]
+    assert list(summary["verdict"]) == [WORSE, BASELINE, BETTER]
+    assert list(summary["seeds"]) == [1, 3, 3] and list(summary["shared"]) == [True, False, False]
+    assert len(COMPARISON_RUNS.read(out / "runs.csv")) == 7
+    assert len(COMPARISON_DIFFERENCES.read(out / "differences.csv")) == 2 * 4
+    calr = summary.loc["calr"]
+    spread = f"{100 * calr['mAP_mean']:.1f} ± {100 * calr['mAP_std']:.1f}"
+    interval = f"[{100 * calr['low']:+.1f}, {100 * calr['high']:+.1f}]"
+    printed = capsys.readouterr().out
+    assert printed == (out / "comparison.txt").read_text()
+    markdown = (out / "comparison.md").read_text()
+    page = (out / "comparison.html").read_text()
+    for shown in (printed, markdown, page):
+        assert spread in shown and interval in shown and "better" in shown
+    assert "```yaml\nreplicates: 3\n```" in markdown and "| torch |" in markdown
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table") == 4
+    assert f"<td>{spread}</td>" in page and "<pre>replicates: 3\n</pre>" in page
+    with Image.open(out / "replicates.png") as image:
+        assert image.size[0] > 500
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_compare_refuses_runs_it_cannot_pair(compare_inputs, tmp_path):
+    metrics, per_query = compare_inputs
+    out = ("--shared", "initial", "--out", str(tmp_path / "c.csv"))
+    with pytest.raises(PipelineError, match="7 metrics table.s. but 6 per-query"):
+        run_compare(metrics, per_query[:-1], *out)
+    swapped = [per_query[1], per_query[0], *per_query[2:]]
+    with pytest.raises(PipelineError, match=r"baseline-0.per_query.csv gives mAP .* but "):
+        run_compare(metrics, swapped, *out)
+    with pytest.raises(PipelineError, match=r"'calr' seed 2 is given twice"):
+        run_compare([*metrics, metrics[-1]], [*per_query, per_query[-1]], *out)
+    with pytest.raises(
+        PipelineError, match=r"'baseline' has seeds \[0, 1, 2\] but 'initial' has \[-1\].*--shared"
+    ):
+        run_compare(metrics, per_query, "--out", str(tmp_path / "c.csv"))
+    with pytest.raises(PipelineError, match="--confidence must lie strictly between 0 and 1"):
+        run_compare(metrics, per_query, *out, "--confidence", "1")
+    assert not (tmp_path / "c.csv").exists()

@@ -7,6 +7,8 @@ after a parameter change (only the affected stages are planned).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
@@ -18,6 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.tables import COMPARISON
 from tests.workflow_runs import ROOT, SENTINEL, SENTINEL_TEXT, TINY, TINY_RESULTS, snakemake
 
 pytestmark = pytest.mark.slow
@@ -54,10 +57,14 @@ def test_killed_run_restarts_without_redoing_finished_jobs(tiny_workflow):
     assert tiny_workflow.stamps_before_kill == tiny_workflow.stamps_after_restart, (
         "finished jobs were redone"
     )
-    comparison = pd.read_csv(results / "comparison.csv")
-    assert set(comparison["experiment"]) == {"initial", "baseline", "calr"}
-    assert comparison[["mAP", "rank1"]].notna().all().all()
-    assert "mAP" in tiny_workflow.restart_output, "the run should end with the metrics table"
+    comparison = COMPARISON.read(results / "comparison.csv")
+    assert comparison["experiment"].tolist() == ["initial", "baseline", "calr"]
+    assert comparison[["mAP_mean", "rank1_mean"]].notna().all().all()
+    assert comparison["verdict"].iloc[1] == "baseline"
+    assert comparison["interval_over"].iloc[2] == "query identities only (one seed)"
+    assert (results / "comparison.txt").read_text() in tiny_workflow.restart_output, (
+        "the run should end with the comparison table"
+    )
     for exp in ("baseline", "calr"):
         for figure in ("curves", "cluster_quality", "tsne_cameras", "retrieval"):
             assert (results / exp / "seed0" / "report" / f"{figure}.png").stat().st_size > 0
@@ -97,6 +104,29 @@ def test_unsafe_results_folders_and_reserved_experiment_names_are_refused(
 def test_second_run_has_nothing_to_do(tiny_workflow):
     result = snakemake(tiny_workflow.workdir, "--configfile", str(TINY), "-n")
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_the_report_shows_the_comparison_in_the_page(tiny_workflow):
+    """Snakemake's HTML report shows an image, HTML or PDF result in the page when its eye icon
+    is clicked, and offers any other file, such as a CSV, only as a download link (which a
+    browser opens as nothing): the Comparison entries are an HTML page holding the tables, and
+    the replicates plot."""
+    workdir = tiny_workflow.workdir
+    snakemake(workdir, "--configfile", str(TINY), "--report", "report.html")
+    page = (workdir / "report.html").read_text()
+    results = json.loads(re.search(r"var results = (\{.*\});\n", page).group(1))
+    compared = {
+        Path(path).name: entry
+        for path, entry in results.items()
+        if entry["job_properties"]["rule"] == "compare"
+    }
+    assert {name: entry["mime_type"] for name, entry in compared.items()} == {
+        "comparison.html": "text/html",
+        "replicates.png": "image/png",
+    }
+    shown = base64.b64decode(compared["comparison.html"]["data_uri"].split(",", 1)[1]).decode()
+    assert shown.startswith("<!DOCTYPE html>") and "<th>Verdict</th>" in shown
+    assert "<td>calr</td>" in shown
 
 
 def test_refinement_change_reruns_refinement_and_downstream_only(tiny_workflow):
@@ -150,6 +180,16 @@ def test_config_typo_is_a_clear_error(tiny_workflow):
     assert "'refien' was unexpected" in output
 
 
+def test_the_baseline_must_be_compared(tmp_path):
+    config = write_config(tmp_path, "baseline.yaml", lambda c: c.update(compare={"baseline": "x"}))
+    result = snakemake(tmp_path, "--configfile", str(config), "-n", check=False)
+    assert result.returncode != 0
+    assert (
+        "compare.baseline 'x' is none of the experiments (baseline, calr) nor 'initial'"
+        in result.stdout + result.stderr
+    )
+
+
 def test_a_config_file_replaces_the_demo_config(tmp_path):
     """config.yaml is the demo: keys a --configfile leaves out take the schema's defaults, not
     the demo's (lambda 0.1, weight floor 0.5, k 6 in config.yaml; 1.0, 0.0, 15 in the schema)."""
@@ -162,6 +202,39 @@ def test_a_config_file_replaces_the_demo_config(tmp_path):
     assert "--weight-floor 0.0" in planned and "--k 15" in planned
     demo = snakemake(tmp_path, "--configfile", str(TINY.parents[2] / "config.yaml"), "-n").stdout
     assert "--grl-lambda 0.1" in demo and "--weight-floor 0.5" in demo and "--k 6" in demo
+
+
+def test_replicates_share_the_jobs_that_do_not_depend_on_the_seed(tmp_path):
+    """With 3 replicates, a dry run (once the dataset index exists) plans the initial model,
+    its features and evaluation and the first intra-camera clustering once, and stage 1's
+    training, stage 2 and the evaluation of its final models once per seed."""
+    results = tmp_path / TINY_RESULTS
+    (results / "demo-data").mkdir(parents=True)
+    (results / "shared").mkdir()
+    pd.DataFrame(
+        {
+            "path": [f"/d/{i}.jpg" for i in range(4)],
+            "camid": [1, 2, 1, 2],
+            "pid": [0, 0, 1, 1],
+            "split": ["train", "train", "query", "gallery"],
+        }
+    ).to_csv(results / "shared" / "index.csv", index=False)
+    result = snakemake(tmp_path, "--configfile", str(TINY), "--config", "replicates=3", "-n")
+    jobs = planned_jobs(result)
+    count = {rule: sum(1 for r, _ in jobs if r == rule) for rule, _ in jobs}
+    shared = {output for rule, output in jobs if "/seed" not in output}
+    assert {output for _, output in jobs if "model_init" in output} == {
+        f"{TINY_RESULTS}/shared/model_init.{name}"
+        for name in ("pt", "train.h5", "query.h5", "gallery.h5", "metrics.csv")
+    }
+    assert count["init_model"] == 1 and count["compare"] == 1
+    assert count["cluster_intra"] == 2  # one per training camera, for every seed
+    assert {o for r, o in jobs if r == "cluster_intra"} <= shared
+    # per seed: 2 cameras' encoders; 2 experiments x 2 rounds of training; 2 final models
+    assert count["train_intra"] == 3 * 2 and count["train_inter"] == 3 * 2 * 2
+    assert count["evaluate"] == 1 + 3 * 2 and count["report"] == 3 * 2
+    for seed in (0, 1, 2):
+        assert f"{TINY_RESULTS}/calr/seed{seed}/round1/model.metrics.csv" in {o for _, o in jobs}
 
 
 def project_copy(tmp_path: Path) -> Path:

@@ -131,7 +131,7 @@ class IdentityBootstrap:
     """B resamples of a test set's identities, shared by every run evaluated on it."""
 
     codes: np.ndarray  # (queries,) column of each query's identity in counts; -1: no true match
-    counts: np.ndarray  # (B, identities) times each identity is drawn in each resample
+    counts: np.ndarray  # (B, identities) times each identity is drawn, float64 for BLAS products
 
 
 def identity_bootstrap(
@@ -151,7 +151,8 @@ def identity_bootstrap(
     draws = np.random.default_rng(seed).integers(0, identities, size=(resamples, identities))
     draws += np.arange(resamples)[:, None] * identities  # one bincount slot per (resample, id)
     counts = np.bincount(draws.ravel(), minlength=resamples * identities)
-    return IdentityBootstrap(codes=codes, counts=counts.reshape(resamples, identities))
+    counts = counts.reshape(resamples, identities).astype(np.float64)
+    return IdentityBootstrap(codes=codes, counts=counts)
 
 
 def resampled_means(bootstrap: IdentityBootstrap, values: np.ndarray) -> np.ndarray:
@@ -162,10 +163,13 @@ def resampled_means(bootstrap: IdentityBootstrap, values: np.ndarray) -> np.ndar
     identities = bootstrap.counts.shape[1]
     width = values.shape[1]
     cells = (codes[:, None] * width + np.arange(width)).ravel()
-    sums = np.bincount(cells, weights=values[valid].ravel(), minlength=identities * width)
-    sizes = np.bincount(codes, minlength=identities)  # every drawn identity has >= 1 query
-    totals = bootstrap.counts @ sums.reshape(identities, width)
-    return totals / (bootstrap.counts @ sizes)[:, None]
+    per_identity = np.empty((identities, width + 1))  # each identity's sums, then its size
+    per_identity[:, :width] = np.bincount(
+        cells, weights=values[valid].ravel(), minlength=identities * width
+    ).reshape(identities, width)
+    per_identity[:, width] = np.bincount(codes, minlength=identities)  # >= 1 query each
+    totals = bootstrap.counts @ per_identity  # one product for the sums and the sizes
+    return totals[:, :width] / totals[:, width:]
 
 
 def percentile_interval(

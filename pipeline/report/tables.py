@@ -1,15 +1,12 @@
-"""Result tables: the final metrics of each experiment and the comparison across experiments
-(Table III style), as DataFrames and as Markdown."""
+"""Result tables: the final metrics of an evaluated model, for people and as Markdown."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import pandas as pd
 
 from pipeline.errors import PipelineError
 from pipeline.report.figures import percent
-from pipeline.tables import COMPARISON, METRIC_VALUES
+from pipeline.tables import METRIC_VALUES
 
 DISPLAY_NAMES = {
     "experiment": "Experiment",
@@ -44,13 +41,6 @@ def final_metrics(metrics: pd.DataFrame, source: str) -> pd.DataFrame:
             "model (rerun `pipeline evaluate`)"
         )
     return last.sort_values("reranking", kind="stable").reset_index(drop=True)
-
-
-def comparison_table(metrics: Sequence[pd.DataFrame], sources: Sequence[str]) -> pd.DataFrame:
-    """One row per metrics table (per re-ranking setting) with the final model's metrics, in
-    the order the tables are given; values stay fractions in [0, 1]."""
-    rows = [final_metrics(table, source) for table, source in zip(metrics, sources, strict=True)]
-    return pd.concat(rows, ignore_index=True)[COMPARISON.names]
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -3,7 +3,9 @@
 Standard protocol: for each query, gallery images of the same identity from the same camera and
 junk gallery images (pid -1) are ignored; queries left without a true match are skipped and
 counted. With --rerank, distances are k-reciprocal re-ranked (Zhong et al. 2017) first.
-Writes a one-row metrics table (docs/formats.md, Metrics) and logs the figures.
+Writes a one-row metrics table (docs/formats.md, Metrics) and logs the figures; with
+--per-query also each query's scores (docs/formats.md, Per-query scores), which the comparison
+resamples for its intervals.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from pipeline.errors import PipelineError
 from pipeline.settings import setting
 
 if TYPE_CHECKING:
-    from pipeline.evaluate.metrics import RetrievalMetrics
+    import pandas as pd
+
+    from pipeline.evaluate.metrics import QueryScores, RetrievalMetrics
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gallery-features", required=True, type=Path, help="features of the gallery split (.h5)"
     )
     parser.add_argument("--out", required=True, type=Path, help="metrics table to write (.csv)")
+    parser.add_argument(
+        "--per-query",
+        type=Path,
+        default=None,
+        help="per-query table to write (.csv or .parquet): each query's AP, INP and rank of its "
+        "first true match",
+    )
     parser.add_argument(
         "--experiment",
         default=None,
@@ -140,7 +151,25 @@ def run(args: argparse.Namespace) -> None:
         "reranking": options.rerank,
     }
     write_table(METRICS.frame(**{name: [value] for name, value in row.items()}), args.out)
+    if args.per_query is not None:
+        write_table(per_query_table(query.index_row, metrics.per_query), args.per_query)
     log.info("%s", _format_table(row, options, metrics, len(gallery), seconds))
+
+
+def per_query_table(index_row: np.ndarray, scores: QueryScores) -> pd.DataFrame:
+    """The per-query table (:data:`pipeline.tables.PER_QUERY`) of queries ``index_row`` (their
+    rows in the dataset index, in evaluation order): AP (NaN without a true match), INP (0
+    without one), the rank of the first true match (0 without one) and the identity."""
+    from pipeline.tables import PER_QUERY
+
+    valid = scores.valid
+    return PER_QUERY.frame(
+        query=index_row,
+        pid=scores.pid,
+        ap=np.where(valid, scores.ap, np.nan),
+        inp=np.where(valid, scores.inp, 0.0),
+        first_rank=scores.first_rank,
+    )
 
 
 def _check_split(splits: np.ndarray, expected: str, path: Path) -> None:

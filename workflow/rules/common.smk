@@ -17,8 +17,10 @@ from pipeline.sources import code_hash  # noqa: E402
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 # the config schema, references inlined: a section's schema names each key's command-line flag
 CONFIG_SCHEMA = load_schema(SCHEMAS / "config.schema.yaml")
+# the initial model's experiment name (`pipeline init-model`): one run shared by every seed
+INITIAL = "initial"
 # names the workflow writes at the top of <results>: no experiment may take them
-RESERVED_NAMES = ("shared", "logs", "benchmarks", "demo-data", "initial")
+RESERVED_NAMES = ("shared", "logs", "benchmarks", "demo-data", INITIAL)
 
 
 def check_results_folder(results: str) -> str:
@@ -62,6 +64,12 @@ try:
             _validated["dataset"]["min_images_per_camera"],
             _validated["intra"]["clustering"]["ratio"],
         )
+    if _validated["compare"]["baseline"] not in [*EXPERIMENTS, INITIAL]:
+        raise PipelineError(
+            f"compare.baseline {_validated['compare']['baseline']!r} is none of the experiments "
+            f"({', '.join(EXPERIMENTS)}) nor {INITIAL!r} (the untrained model); name the "
+            "experiment the others are compared against"
+        )
 except PipelineError as error:
     raise WorkflowError(f"Invalid configuration: {error}") from None
 config.clear()
@@ -73,10 +81,12 @@ BENCHMARKS = f"{RESULTS}/benchmarks"
 INDEX = f"{SHARED}/index.csv"
 INIT_MODEL = f"{SHARED}/model_init.pt"
 COMPARISON = f"{RESULTS}/comparison.csv"
+COMPARISON_TEXT = f"{RESULTS}/comparison.txt"
 ENV = "../../envs/pipeline.yaml"
-# Replicates: every experiment runs once per seed; the index, the initial model and its
-# features do not depend on the seed and are shared.
-SEEDS = [config["seed"]]
+# Replicates: every experiment runs once per seed (stage 1's training and stage 2); the
+# index, the initial model, its features and the first intra-camera clustering do not depend
+# on the seed and are shared by all.
+SEEDS = [config["seed"] + replicate for replicate in range(config["replicates"])]
 
 # Every rule runs `python -m pipeline <stage>`. The package is found through PYTHONPATH, and
 # `python` is the conda environment's under --use-conda (or --sdm conda), else the python that
@@ -238,6 +248,6 @@ def loss_options(exp):
 
 
 def print_comparison():
-    if Path(COMPARISON).is_file():
-        table = pd.read_csv(COMPARISON).to_string(index=False, float_format="%.4f")
-        print(f"\nResults ({COMPARISON}):\n{table}")
+    """The comparison's console text (`pipeline compare --text`), at the end of a run."""
+    if Path(COMPARISON_TEXT).is_file():
+        print(f"\nResults ({COMPARISON}):\n{Path(COMPARISON_TEXT).read_text()}")

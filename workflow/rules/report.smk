@@ -9,21 +9,25 @@ rule report:
             f"{RESULTS}/{{exp}}/seed{{seed}}/report/curves.png",
             caption="../report/curves.rst",
             category="{exp}",
+            subcategory="seed {seed}",
         ),
         quality=report(
             f"{RESULTS}/{{exp}}/seed{{seed}}/report/cluster_quality.png",
             caption="../report/cluster_quality.rst",
             category="{exp}",
+            subcategory="seed {seed}",
         ),
         tsne=report(
             f"{RESULTS}/{{exp}}/seed{{seed}}/report/tsne_cameras.png",
             caption="../report/tsne.rst",
             category="{exp}",
+            subcategory="seed {seed}",
         ),
         retrieval=report(
             f"{RESULTS}/{{exp}}/seed{{seed}}/report/retrieval.png",
             caption="../report/retrieval.rst",
             category="{exp}",
+            subcategory="seed {seed}",
         ),
     input:
         index=INDEX,
