@@ -265,3 +265,11 @@ def test_every_setting_reaches_the_commands_of_the_rules_that_use_it(tmp_path):
     assert {c.split("--epochs ")[1].split()[0] for c in commands["train_inter"]} == {"2", "1"}
     assert all("--total-epochs 3" in c for c in commands["train_inter"])
     assert any(f"out/b/seed{SEED}/round1/model.pt" in c for c in commands["train_inter"])
+    # the local labels go to the association clusterer and to the terms that need them (on
+    # here in every experiment), and nowhere else
+    local = f"--local-labels out/shared/seed{SEED}/intra/local_labels.csv"
+    clustering = {
+        c.split(" --method ")[1].split()[0]: local in c for c in commands["cluster_global"]
+    }
+    assert clustering == {"infomap": False, "dbscan": False, "association": True}
+    assert all(local in c for c in commands["train_inter"])
