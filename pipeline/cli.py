@@ -29,6 +29,7 @@ STAGES = (
     "cluster-intra",
     "train-intra",
     "collect-local-labels",
+    "ics-labels",
     "cluster-global",
     "refine",
     "train-inter",

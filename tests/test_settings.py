@@ -122,9 +122,17 @@ USED_BY = {
     ("inter", "knn"): {"cluster_global", "refine"},
     ("inter", "clusterer", "infomap"): {"cluster_global"},
     ("inter", "clusterer", "dbscan"): {"cluster_global"},
+    ("inter", "clusterer", "association"): {"cluster_global"},
     ("inter", "refine"): {"refine"},
+    ("inter", "css"): {"train_inter"},
     ("inter", "losses", "contrastive"): {"train_inter"},
     ("inter", "losses", "camera"): {"train_inter"},
+    ("inter", "losses", "instance"): {"train_inter"},
+    ("inter", "losses", "separation"): {"train_inter"},
+    ("inter", "losses", "cacc"): {"train_inter"},
+    ("inter", "losses", "icdl"): {"train_inter"},
+    ("inter", "losses", "gid"): {"train_inter"},
+    ("inter", "losses", "ical"): {"train_inter"},
     ("inter", "train"): {"train_inter"},
     ("evaluate",): {"evaluate"},
     ("report",): {"report"},
@@ -144,9 +152,11 @@ SEED = 3  # the non-default seed: it names the runs' folders
 
 def nondefault_config() -> tuple[dict, dict]:
     """A config with every flagged key set to a value other than its default, and the flag and
-    value each must show. Two experiments: ``a`` clusters with Infomap, refines and weights
-    its clusters; ``b`` clusters with DBSCAN, does not refine and does not weight (the other
-    values of those switches)."""
+    value each must show. Three experiments: ``a`` clusters with Infomap, refines, weights its
+    clusters and trains the camera classifier; ``b`` clusters with DBSCAN, does not refine,
+    trains the contrastive loss without weights and no camera classifier; ``c`` associates each
+    camera's identities and trains neither (the other values of those switches: a term that is
+    off passes only its switch)."""
     config, expected = {"results": "out"}, {}
     for path, leaf in leaves(SCHEMA):
         value = FIXED.get(path, other_value(leaf, leaf.get("default")))
@@ -162,9 +172,17 @@ def nondefault_config() -> tuple[dict, dict]:
     config["experiments"] = {
         "a": {
             "clusterer": {"name": "infomap"},
-            "losses": {"contrastive": {"cluster_weights": True}},
+            "losses": {
+                "contrastive": {"enabled": True, "cluster_weights": True},
+                "camera": {"enabled": True},
+            },
         },
-        "b": {"clusterer": {"name": "dbscan"}, "refine": {"mode": "none"}},
+        "b": {
+            "clusterer": {"name": "dbscan"},
+            "refine": {"mode": "none"},
+            "losses": {"contrastive": {"enabled": True}},
+        },
+        "c": {"clusterer": {"name": "association"}, "refine": {"mode": "none"}},
     }
     validate_config(config, SCHEMA)
     return config, expected
@@ -178,10 +196,21 @@ def lines_using(key_path: tuple, rule: str, commands: dict[str, list[str]]) -> l
         return [line for line in lines if "--method infomap" in line]
     if key_path[:3] == ("inter", "clusterer", "dbscan"):
         return [line for line in lines if "--method dbscan" in line]
-    if rule == "refine":  # b does not refine; a's later rounds draw with seed + round
+    if key_path[:3] == ("inter", "clusterer", "association"):
+        return [line for line in lines if "--method association" in line]
+    if rule == "refine":  # b and c do not refine; a's later rounds draw with seed + round
         return [line for line in lines if round0_of_a in line]
-    if key_path == ("inter", "losses", "contrastive", "cluster_weights"):
-        return [line for line in lines if "/b/" in line]
+    # the terms' switches: the contrastive loss is on in a and b, the camera loss in a only
+    experiment = {
+        ("inter", "losses", "contrastive", "enabled"): "/c/",
+        ("inter", "losses", "contrastive", "cluster_weights"): "/b/",
+        ("inter", "losses", "contrastive", "first_epoch"): "/b/",
+        ("inter", "losses", "camera", "enabled"): "/b/",
+        ("inter", "losses", "camera", "beta"): "/a/",
+        ("inter", "losses", "camera", "grl_lambda"): "/a/",
+    }.get(key_path)
+    if experiment is not None:
+        return [line for line in lines if experiment in line]
     return lines
 
 
@@ -244,3 +273,11 @@ def test_every_setting_reaches_the_commands_of_the_rules_that_use_it(tmp_path):
     assert all("--total-epochs 3" in c for c in commands["train_inter"])
     assert any(f"out/b/seed{SEED}/round1/model.pt" in c for c in commands["train_inter"])
     assert all("--baseline b " in c for c in commands["compare"])
+    # the local labels go to the association clusterer and to the terms that need them (on
+    # here in every experiment), and nowhere else
+    local = f"--local-labels out/shared/seed{SEED}/intra/local_labels.csv"
+    clustering = {
+        c.split(" --method ")[1].split()[0]: local in c for c in commands["cluster_global"]
+    }
+    assert clustering == {"infomap": False, "dbscan": False, "association": True}
+    assert all(local in c for c in commands["train_inter"])

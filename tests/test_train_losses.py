@@ -96,7 +96,8 @@ def test_cluster_weights_start_at_their_epoch_eq3_before():
         LossContext,
     )
 
-    options = ContrastiveOptions(weights_from_epoch=5, normalisation="weights")
+    # counted from 1: the release's epochs 0-4 (0-based) train Eq. 3, epoch 5 Eq. 6
+    options = ContrastiveOptions(weights_from_epoch=6, normalisation="weights")
     term = ClusterContrastLoss.build(options, LossContext(2, (0, 1), 0.2, 0.5))
     targets = EpochTargets(
         labels=LABELS, cameras=torch.tensor([0, 1]), weights=torch.tensor([0.5, 2.0])
@@ -114,7 +115,7 @@ def test_camera_loss_is_active_up_to_its_last_epoch():
     from pipeline.train.losses import CameraAdversarialLoss, CameraLossOptions, LossContext
 
     context = LossContext(8, (0, 1), 0.2, 0.1)
-    release = CameraAdversarialLoss.build(CameraLossOptions(last_epoch=2), context)
+    release = CameraAdversarialLoss.build(CameraLossOptions(last_epoch=3), context)
     paper = CameraAdversarialLoss.build(CameraLossOptions(), context)
     assert [release.active(epoch) for epoch in range(5)] == [True, True, True, False, False]
     assert all(paper.active(epoch) for epoch in range(50))

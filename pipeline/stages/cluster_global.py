@@ -1,8 +1,10 @@
-"""Cluster all training images across cameras into global clusters (Infomap or DBSCAN).
+"""Cluster all training images across cameras into global clusters (Infomap, DBSCAN, association).
 
 Infomap (the paper) on the kNN graph: links to the --k nearest images with similarity at least
 --min-sim, modules smaller than --min-size become outliers (-1). DBSCAN (ClusterContrast) on the
-sparse k-reciprocal Jaccard distance (--k1, --k2, --eps, --min-samples). Writes the global
+sparse k-reciprocal Jaccard distance (--k1, --k2, --eps, --min-samples). Association (CCAFL Eq.
+12): each camera's identities of --local-labels joined across cameras when they are mutual
+nearest identities closer than --threshold, the connected components as clusters. Writes the global
 clusters table of docs/formats.md (index_row, camid, cluster) and a JSON summary with the
 cluster counts and, when identities are known, the cluster quality (never used for training).
 With --out-neighbours it also saves the kNN lists it searched, so that `pipeline refine` scores
@@ -45,6 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also save the kNN lists (.npz) for `pipeline refine --neighbours`",
     )
     parser.add_argument(
+        "--local-labels",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="local-label tables (per camera, or collected) of the clusterers that associate "
+        "each camera's identities (--method association)",
+    )
+    parser.add_argument(
         "--method",
         default="infomap",
         help=f"clustering method, one of: {', '.join(CLUSTERERS)} (default: infomap)",
@@ -74,17 +84,30 @@ def run(args: argparse.Namespace) -> None:
     seed = settings.from_args(Seed, args).seed
     device = array_device(settings.from_args(Device, args).device)
     fs = read_features(args.features)
+    local = None
+    if clusterer.local_labels:
+        from pipeline.stages.collect_local_labels import aligned_local_labels
+
+        if not args.local_labels:
+            raise PipelineError(
+                f"--method {args.method} clusters each camera's identities: pass their local "
+                "labels with --local-labels"
+            )
+        local = aligned_local_labels(args.local_labels, fs.index_row, fs.camid)
+    elif args.local_labels:
+        raise PipelineError(f"--method {args.method} uses no local labels: drop --local-labels")
     neighbours = clusterer.neighbours(options)
     name = clusterer.neighbours_setting
-    flag = "--" + name.replace("_", "-")
-    if neighbours < 1:
-        raise PipelineError(
-            f"{flag} {getattr(options, name)} leaves no other image to link to (it counts the "
-            f"image itself); raise {flag}"
-        )
-    warn_few_neighbours(flag, getattr(options, name), neighbours, len(fs), args.features)
+    if name is not None:
+        flag = "--" + name.replace("_", "-")
+        if neighbours < 1:
+            raise PipelineError(
+                f"{flag} {getattr(options, name)} leaves no other image to link to (it counts "
+                f"the image itself); raise {flag}"
+            )
+        warn_few_neighbours(flag, getattr(options, name), neighbours, len(fs), args.features)
     sims, idx = knn(fs.features, neighbours, search.knn, device=device, seed=seed)
-    clusters = clusterer.cluster(fs.features, sims, idx, options, seed)
+    clusters = clusterer.cluster(fs.features, sims, idx, options, seed, fs.camid, local)
     params = asdict(options)
     write_table(
         GLOBAL_CLUSTERS.frame(index_row=fs.index_row, camid=fs.camid, cluster=clusters),
@@ -111,6 +134,11 @@ def run(args: argparse.Namespace) -> None:
         "n_clusters": int(clusters.max()) + 1 if len(clusters) else 0,
         "n_outliers": int((clusters < 0).sum()),
     }
+    if local is not None:
+        from pipeline.cluster.association import same_camera_merges
+
+        summary["n_local_identities"] = int(len(np.unique(np.stack([fs.camid, local]), axis=1)[0]))
+        summary["n_same_camera_merges"] = same_camera_merges(clusters, fs.camid, local)
     if pids_known(fs.pid):
         from pipeline.cluster.quality import cluster_quality
 

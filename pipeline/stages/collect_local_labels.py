@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from pipeline.cluster.labels import first_rows
 from pipeline.errors import PipelineError
 
 
@@ -59,3 +61,37 @@ def read_local_label_tables(paths: list[Path]) -> pd.DataFrame:
             f"({sources}); pass each camera's table once"
         )
     return table.drop(columns="_source")
+
+
+def aligned_local_labels(paths: list[Path], index_row: np.ndarray, camid: np.ndarray) -> np.ndarray:
+    """Local labels of every feature row from the local-label tables at ``paths`` (one per
+    camera, or the collected one), in feature row order (:func:`align_local_labels`)."""
+    return align_local_labels(read_local_label_tables(paths), index_row, camid)
+
+
+def align_local_labels(table: pd.DataFrame, index_row: np.ndarray, camid: np.ndarray) -> np.ndarray:
+    """The ``local_label`` of each of ``index_row`` in a local-labels ``table``; every row must
+    have one, and the table's cameras must agree with ``camid``."""
+    rows = pd.Index(table["index_row"]).get_indexer(index_row)
+    missing = rows < 0
+    if missing.any():
+        cameras = ", ".join(str(c) for c in np.unique(camid[missing]))
+        raise PipelineError(
+            f"no local label for {int(missing.sum())} training row(s) of camera(s) {cameras} "
+            f"(first index_row {first_rows(index_row[missing])}); pass every camera's table from "
+            "`pipeline cluster-intra` (or `pipeline ics-labels`) with --local-labels"
+        )
+    check_cameras(table["camid"].to_numpy()[rows], camid, index_row, "--local-labels")
+    return table["local_label"].to_numpy(dtype=np.int64)[rows]
+
+
+def check_cameras(found: np.ndarray, camid: np.ndarray, index_row: np.ndarray, where) -> None:
+    """Fail naming ``where`` when a table's cameras ``found`` disagree with ``camid``."""
+    bad = found != camid
+    if bad.any():
+        first = np.flatnonzero(bad)[0]
+        raise PipelineError(
+            f"{where}: index_row {int(index_row[first])} has camid {int(found[first])} but the "
+            f"features say {int(camid[first])}; the tables and features come from different "
+            "indexes"
+        )

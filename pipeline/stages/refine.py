@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.io import write_table
     from pipeline.runtime import Seed
     from pipeline.stages.cluster_global import warn_few_neighbours, write_summary
+    from pipeline.stages.collect_local_labels import aligned_local_labels
     from pipeline.tables import REFINED_LABELS
 
     options = settings.from_args(RefineOptions, args)
@@ -249,6 +250,7 @@ def saved_neighbours(
 
 def aligned_clusters(path: Path, index_row: np.ndarray, camid: np.ndarray) -> np.ndarray:
     """The ``cluster`` column of the global clusters table, in feature row order."""
+    from pipeline.stages.collect_local_labels import check_cameras
     from pipeline.tables import GLOBAL_CLUSTERS
 
     table = GLOBAL_CLUSTERS.read(path)
@@ -266,37 +268,8 @@ def aligned_clusters(path: Path, index_row: np.ndarray, camid: np.ndarray) -> np
             f"{path}: no row for index_row {first_rows(index_row[rows < 0])} of the features; "
             "the clusters were computed from other features, rerun `pipeline cluster-global`"
         )
-    _check_cameras(table["camid"].to_numpy()[rows], camid, index_row, path)
+    check_cameras(table["camid"].to_numpy()[rows], camid, index_row, path)
     return table["cluster"].to_numpy(dtype=np.int64)[rows]
-
-
-def aligned_local_labels(paths: list[Path], index_row: np.ndarray, camid: np.ndarray) -> np.ndarray:
-    """Local labels of every feature row from the per-camera tables, in feature row order."""
-    from pipeline.stages.collect_local_labels import read_local_label_tables
-
-    table = read_local_label_tables(paths)
-    rows = pd.Index(table["index_row"]).get_indexer(index_row)
-    missing = rows < 0
-    if missing.any():
-        cameras = ", ".join(str(c) for c in np.unique(camid[missing]))
-        raise PipelineError(
-            f"no local label for {int(missing.sum())} training row(s) of camera(s) {cameras} "
-            f"(first index_row {first_rows(index_row[missing])}); pass every camera's table from "
-            "`pipeline cluster-intra` with --local-labels"
-        )
-    _check_cameras(table["camid"].to_numpy()[rows], camid, index_row, "--local-labels")
-    return table["local_label"].to_numpy(dtype=np.int64)[rows]
-
-
-def _check_cameras(found: np.ndarray, camid: np.ndarray, index_row: np.ndarray, where) -> None:
-    bad = found != camid
-    if bad.any():
-        first = np.flatnonzero(bad)[0]
-        raise PipelineError(
-            f"{where}: index_row {int(index_row[first])} has camid {int(found[first])} but the "
-            f"features say {int(camid[first])}; the tables and features come from different "
-            "indexes"
-        )
 
 
 def _quality(fs, clusters: np.ndarray, labels: np.ndarray, local: np.ndarray | None) -> dict:

@@ -1,6 +1,7 @@
 """One training epoch over pseudo labels, shared by both stages.
 
-Each step: augmented images -> embeddings f(x) -> each named loss term of the stage (stage 1:
+Each step: augmented images -> embeddings f(x) (and the model's other training outputs, such as
+CA-UReID's camera-specific embedding) -> each named loss term of the stage (stage 1:
 the contrastive loss against the cluster memory, Eq. 3; stage 2 also weighted, Eq. 6, plus beta
 times the camera domain loss behind the gradient reversal layer, Eq. 7-9; see
 :mod:`pipeline.train.losses`) -> their weighted sum -> Adam step -> the terms' updates (the
@@ -114,8 +115,9 @@ def train_epoch(
             images = images.contiguous(memory_format=torch.channels_last)
         positions = positions.to(device, non_blocking=True)
         with autocast:
-            features = model(images)
-        batch = Batch(features.float(), positions, targets)
+            features, outputs = model(images, with_outputs=True)
+        outputs = {name: value.float() for name, value in outputs.items()}
+        batch = Batch(features.float(), positions, targets, outputs)
         values = [term(batch) for term in losses.values()]
         total = weighted_sum(values, [term.weight for term in losses.values()])
         terms = torch.stack([*values, total]).detach().double().cpu()

@@ -10,12 +10,15 @@ training loop sums.
 - Eq. 9: L = L_inter + beta * L_domain: the loop sums the terms, each times its ``weight``.
 
 A loss term (:class:`LossTerm`) is a module with a name, a weight in the total, and hooks: it
-says in which epochs it is active, at the start of such an epoch it sees the epoch's data (to
-rebuild a memory), each step it maps a :class:`Batch` to a scalar, and after the optimizer's
-step it may update its state. Its
-parameters (a classifier) are optimised with the model's and saved in the checkpoint under its
-name. :data:`LOSSES` holds every term by name, with the settings class that configures it (the
-config's ``inter.losses.<name>`` section; see docs/architecture.md for adding one).
+says in which epochs it is active (by default the stage-2 epochs ``first_epoch`` to
+``last_epoch``, counted from 1 as the logs count them), once every term of the job is built it
+may find the others it works with (:meth:`LossTerm.link`), at the start of an active epoch it
+sees the epoch's data (to rebuild a memory), each step it maps a :class:`Batch` to a scalar, and
+after the optimizer's step it may update its state. Its parameters (a classifier) are optimised
+with the model's and saved in the checkpoint under its name. :data:`pipeline.train.terms.LOSSES`
+holds every term by name (these two, CA-UReID's in :mod:`pipeline.train.ca_ureid` and CCAFL's in
+:mod:`pipeline.train.ccafl`), with the settings class that configures it (the config's
+``inter.losses.<name>`` section).
 """
 
 from __future__ import annotations
@@ -178,15 +181,31 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class LocalIdentities:
+    """The per-camera identities of a job's images (the local labels, each made unique by its
+    camera): ``ids`` (N,) is each position's identity 0..G-1, ``cameras`` (G,) each identity's
+    camid. In the intra-camera supervised setting these are the annotated identities of each
+    camera, which no cross-camera link joins."""
+
+    ids: np.ndarray
+    cameras: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+
+@dataclass(frozen=True)
 class LossContext:
     """What a loss term may need to be built: the embedding size, the training cameras (sorted
-    camids) and the memory's momentum, temperature and update rule (Eq. 2)."""
+    camids), the memory's momentum, temperature and update rule (Eq. 2), and the images' local
+    identities when the job was given local labels (None otherwise)."""
 
     feature_dim: int
     camera_ids: tuple[int, ...]
     momentum: float
     temperature: float
     memory_update: str = "sample"
+    local_identities: LocalIdentities | None = None
 
 
 class LossTerm(nn.Module):
@@ -194,17 +213,27 @@ class LossTerm(nn.Module):
 
     name: ClassVar[str]
     options: ClassVar[type | None] = None  # its settings class, None = not configurable
+    # whether it needs the images' local identities (LossContext.local_identities)
+    needs_local_labels: ClassVar[bool] = False
     weight: float = 1.0
+    first_epoch: int = 1  # first and last active epoch, counted from 1; None = no last
+    last_epoch: int | None = None
 
     @classmethod
     def build(cls, options, context: LossContext) -> LossTerm | None:
         """The term for these settings, or None when they switch it off."""
         raise NotImplementedError
 
+    def link(self, terms: dict[str, LossTerm]) -> None:
+        """Called once every term of the job is built, with all of them by name: a term that
+        works on another's state (a memory, a classifier) keeps a reference to it here."""
+
     def active(self, epoch: int) -> bool:
-        """Whether the term is part of the loss in (0-based) ``epoch``; an inactive term is
-        neither computed nor logged that epoch, and keeps its state."""
-        return True
+        """Whether the term is part of the loss in (0-based) ``epoch``: epochs ``first_epoch``
+        to ``last_epoch`` counted from 1. An inactive term is neither computed nor logged that
+        epoch, and keeps its state."""
+        last = self.last_epoch
+        return self.first_epoch <= epoch + 1 and (last is None or epoch + 1 <= last)
 
     def start_epoch(self, epoch: int, features: torch.Tensor, targets: EpochTargets) -> None:
         """Called before each epoch in which the term is active, with the epoch's embeddings
@@ -216,8 +245,12 @@ class LossTerm(nn.Module):
 
 @dataclass(frozen=True)
 class ContrastiveOptions:
-    """The cluster contrastive loss against the cluster memory (Eq. 1-3, 6)."""
+    """The cluster contrastive loss against the cluster memory (Eq. 1-3, 6; CCAFL's
+    prototypical inter-camera contrastive loss, Eq. 13-14)."""
 
+    enabled: bool = setting(
+        True, "train with the cluster contrastive loss", flag="--contrastive-loss"
+    )
     cluster_weights: bool = setting(
         True,
         "weight each sample by its cluster's camera entropy, w = ln(1 + H) (Eq. 6, the labels' "
@@ -225,10 +258,10 @@ class ContrastiveOptions:
         flag="--cluster-weights",
     )
     weights_from_epoch: int = setting(
-        0,
-        "first (0-based) epoch of stage 2 trained with the cluster weights; the epochs before "
-        "it use Eq. 3. 0 = every epoch (the paper); the released code: 5",
-        minimum=0,
+        1,
+        "first stage-2 epoch (counted from 1) trained with the cluster weights; the epochs "
+        "before it use Eq. 3. 1 = every epoch (the paper); the released code: 6",
+        minimum=1,
     )
     normalisation: str = setting(
         "batch",
@@ -237,6 +270,13 @@ class ContrastiveOptions:
         "cross-entropy)",
         choices=NORMALISATIONS,
         flag="--weight-normalisation",
+    )
+    first_epoch: int = setting(
+        1,
+        "first stage-2 epoch (counted from 1) in which the loss trains (CCAFL, Eq. 20: E_intra "
+        "+ 1, after the intra-camera epochs)",
+        minimum=1,
+        flag="--contrastive-first-epoch",
     )
 
 
@@ -255,18 +295,22 @@ class ClusterContrastLoss(LossTerm):
         weighted: bool,
         update: str = "sample",
         *,
-        weights_from_epoch: int = 0,
+        weights_from_epoch: int = 1,
         normalisation: str = "batch",
+        first_epoch: int = 1,
     ) -> None:
         super().__init__()
         self.momentum, self.temperature, self.weighted = momentum, temperature, weighted
         self.update = update
         self.weights_from_epoch, self.normalisation = weights_from_epoch, normalisation
+        self.first_epoch = first_epoch
         self.memory: ClusterMemory | None = None
         self.epoch = 0
 
     @classmethod
-    def build(cls, options: ContrastiveOptions, context: LossContext) -> ClusterContrastLoss:
+    def build(cls, options: ContrastiveOptions, context: LossContext):
+        if not options.enabled:
+            return None
         return cls(
             context.momentum,
             context.temperature,
@@ -274,6 +318,7 @@ class ClusterContrastLoss(LossTerm):
             context.memory_update,
             weights_from_epoch=options.weights_from_epoch,
             normalisation=options.normalisation,
+            first_epoch=options.first_epoch,
         )
 
     def start_epoch(self, epoch: int, features: torch.Tensor, targets: EpochTargets) -> None:
@@ -283,7 +328,7 @@ class ClusterContrastLoss(LossTerm):
         )
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        weighted = self.weighted and self.epoch >= self.weights_from_epoch
+        weighted = self.weighted and self.epoch + 1 >= self.weights_from_epoch
         weights = batch.weights if weighted else None
         logits = self.memory.logits(batch.features)
         return weighted_contrastive_loss(logits, batch.labels, weights, self.normalisation)
@@ -306,9 +351,9 @@ class CameraLossOptions:
     )
     last_epoch: int | None = setting(
         None,
-        "last (0-based) epoch of stage 2 trained with the camera loss; null = every epoch (the "
-        "paper); the released code: 2 (epochs 0-2)",
-        minimum=0,
+        "last stage-2 epoch (counted from 1) trained with the camera loss; null = every epoch "
+        "(the paper); the released code: 3 (its epochs 0-2)",
+        minimum=1,
         flag="--camera-last-epoch",
     )
     classifier: str = setting(
@@ -321,7 +366,33 @@ class CameraLossOptions:
     )
 
 
-class CameraAdversarialLoss(LossTerm):
+class CameraTargetTerm(LossTerm):
+    """A term that classifies each image's camera: the camera index (0..C-1, the position of
+    its camid among the training cameras) of every position, set at the start of each epoch;
+    the cameras are saved with the term and checked when a checkpoint carries it on."""
+
+    def __init__(self, camera_ids: Sequence[int]) -> None:
+        super().__init__()
+        self.camera_ids = tuple(int(c) for c in camera_ids)
+        self.camera_index: torch.Tensor | None = None
+
+    def start_epoch(self, epoch: int, features: torch.Tensor, targets: EpochTargets) -> None:
+        index = camera_positions(targets.cameras.cpu().numpy(), self.camera_ids)
+        self.camera_index = torch.as_tensor(index, device=targets.cameras.device)
+
+    def get_extra_state(self) -> dict:
+        return {"camera_ids": list(self.camera_ids)}
+
+    def set_extra_state(self, state: dict) -> None:
+        if list(state["camera_ids"]) != list(self.camera_ids):
+            raise PipelineError(
+                f"--init's {self.name} classifier knows cameras {list(state['camera_ids'])} but "
+                f"the index's training split has {list(self.camera_ids)}; start from "
+                "init-model's checkpoint for a new dataset"
+            )
+
+
+class CameraAdversarialLoss(CameraTargetTerm):
     """Eq. 8: cross-entropy of the camera classifier D on R_lambda(f(x)), weighted by beta, in
     the epochs up to ``last_epoch`` (None: all)."""
 
@@ -338,12 +409,10 @@ class CameraAdversarialLoss(LossTerm):
         last_epoch: int | None = None,
         head: str = "mlp",
     ):
-        super().__init__()
-        self.camera_ids = tuple(int(c) for c in camera_ids)
+        super().__init__(camera_ids)
         self.weight = beta
         self.last_epoch = last_epoch
         self.classifier = CameraClassifier(feature_dim, len(self.camera_ids), grl_lambda, head)
-        self.camera_index: torch.Tensor | None = None
 
     @classmethod
     def build(cls, options: CameraLossOptions, context: LossContext):
@@ -358,28 +427,10 @@ class CameraAdversarialLoss(LossTerm):
             head=options.classifier,
         )
 
-    def active(self, epoch: int) -> bool:
-        return self.last_epoch is None or epoch <= self.last_epoch
-
-    def start_epoch(self, epoch: int, features: torch.Tensor, targets: EpochTargets) -> None:
-        index = camera_positions(targets.cameras.cpu().numpy(), self.camera_ids)
-        self.camera_index = torch.as_tensor(index, device=targets.cameras.device)
-
     def forward(self, batch: Batch) -> torch.Tensor:
         return camera_domain_loss(
             self.classifier(batch.features), self.camera_index[batch.positions]
         )
-
-    def get_extra_state(self) -> dict:
-        return {"camera_ids": list(self.camera_ids)}
-
-    def set_extra_state(self, state: dict) -> None:
-        if list(state["camera_ids"]) != list(self.camera_ids):
-            raise PipelineError(
-                f"--init's camera classifier knows cameras {list(state['camera_ids'])} but the "
-                f"index's training split has {list(self.camera_ids)}; start from init-model's "
-                "checkpoint for a new dataset"
-            )
 
 
 def camera_positions(cameras: np.ndarray, camera_ids: Sequence[int]) -> np.ndarray:
@@ -394,9 +445,3 @@ def camera_positions(cameras: np.ndarray, camera_ids: Sequence[int]) -> np.ndarr
             f"classifier's cameras {list(camera_ids)}"
         )
     return index
-
-
-# name -> loss term, in the order the total sums them
-LOSSES: dict[str, type[LossTerm]] = {
-    term.name: term for term in (ClusterContrastLoss, CameraAdversarialLoss)
-}

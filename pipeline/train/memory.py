@@ -31,6 +31,20 @@ import torch.nn.functional as F
 UPDATES = ("sample", "mean")
 
 
+def group_sums(features: torch.Tensor, labels: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """(K, D) sum of the ``features`` (N, D) of each group ``0..K-1`` (zeros for a group
+    without members)."""
+    sums = torch.zeros(n_groups, features.shape[1], dtype=features.dtype, device=features.device)
+    return sums.index_add_(0, labels, features)
+
+
+def group_means(features: torch.Tensor, labels: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """(K, D) mean of the ``features`` (N, D) of each group ``0..K-1``; a group without
+    members is a row of zeros."""
+    counts = torch.bincount(labels, minlength=n_groups).clamp(min=1).unsqueeze(1)
+    return group_sums(features, labels, n_groups) / counts.to(features.dtype)
+
+
 def cluster_centroids(
     features: torch.Tensor, labels: torch.Tensor, n_clusters: int
 ) -> torch.Tensor:
@@ -38,9 +52,7 @@ def cluster_centroids(
 
     Every cluster must have at least one member (labels are contiguous).
     """
-    sums = torch.zeros(n_clusters, features.shape[1], dtype=features.dtype, device=features.device)
-    sums.index_add_(0, labels, features)
-    return F.normalize(sums, dim=1)
+    return F.normalize(group_sums(features, labels, n_clusters), dim=1)
 
 
 class ClusterMemory:

@@ -162,6 +162,44 @@ def local_label_tables(wildcards):
     return [f"{intra_dir(wildcards.seed)}/cam{cam}/local_labels.csv" for cam in cameras()]
 
 
+def ics_labels_table(seed):
+    """Each camera's annotated identities, unlinked (`pipeline ics-labels`)."""
+    return f"{SHARED}/seed{seed}/ics/local_labels.csv"
+
+
+def local_labels_table(exp, seed):
+    """The experiment's local labels in one table (a fixed path: no checkpoint lookup, so that a
+    round's group job knows its inputs): stage 1's clusters, or the ICS annotations."""
+    if EXPERIMENTS[exp]["local_labels"] == "annotations":
+        return ics_labels_table(seed)
+    return f"{intra_dir(seed)}/local_labels.csv"
+
+
+# the global clusterers and loss terms that need the local labels (Clusterer.local_labels in
+# pipeline/cluster/clusterers.py and LossTerm.needs_local_labels in pipeline/train/terms.py;
+# tests/test_methods.py keeps them equal): their jobs get the table, the others do not depend
+# on it (so CA-UReID's experiments never wait for stage 1)
+LOCAL_LABEL_CLUSTERERS = ("association",)
+LOCAL_LABEL_TERMS = ("icdl", "gid", "ical")
+
+
+def clustering_local_labels(wildcards):
+    name = EXPERIMENTS[wildcards.exp]["clusterer"]["name"]
+    needed = name in LOCAL_LABEL_CLUSTERERS
+    return [local_labels_table(wildcards.exp, wildcards.seed)] if needed else []
+
+
+def training_local_labels(wildcards):
+    losses = EXPERIMENTS[wildcards.exp]["losses"]
+    needed = any(losses[name]["enabled"] for name in LOCAL_LABEL_TERMS)
+    return [local_labels_table(wildcards.exp, wildcards.seed)] if needed else []
+
+
+def local_labels_option(wildcards, input):
+    """``--local-labels <table>`` when the job's input has the table, else nothing."""
+    return f"--local-labels {quoted(*input.local_labels)}" if input.local_labels else ""
+
+
 # ---------------------------------------------------------------- rounds of stage 2
 def n_rounds(exp):
     settings = EXPERIMENTS[exp]
@@ -199,7 +237,7 @@ def refine_local_labels(wildcards):
     """Stage 1's labels of all cameras in one table (a fixed path: no checkpoint lookup here,
     so that the refinement's inputs are known when its round's group job is formed)."""
     mode = EXPERIMENTS[wildcards.exp]["refine"]["mode"]
-    return [] if mode == "none" else [f"{intra_dir(wildcards.seed)}/local_labels.csv"]
+    return [] if mode == "none" else [local_labels_table(wildcards.exp, wildcards.seed)]
 
 
 def round_files(name):
@@ -227,7 +265,8 @@ def refine_options(exp, seed, r):
     when the cluster weights are used."""
     settings = EXPERIMENTS[exp]
     refine = dict(settings["refine"])
-    if not settings["losses"]["contrastive"]["cluster_weights"]:
+    contrastive = settings["losses"]["contrastive"]
+    if not (contrastive["enabled"] and contrastive["cluster_weights"]):
         refine.pop("weight_floor")
     if refine["mode"] == "none":
         return cli(refine, "inter", "refine", only=("mode", "weight_floor"))
@@ -242,9 +281,13 @@ def refine_options(exp, seed, r):
 
 
 def loss_options(exp):
-    """Each loss term's settings (pipeline/train/losses.py), from its section of the config."""
+    """Each loss term's settings (pipeline/train/terms.py), from its section of the config; of a
+    term switched off only that (so that changing its unused settings reruns nothing)."""
     losses = EXPERIMENTS[exp]["losses"]
-    return " ".join(cli(values, "inter", "losses", name) for name, values in losses.items())
+    return " ".join(
+        cli(values, "inter", "losses", name, only=None if values["enabled"] else ("enabled",))
+        for name, values in losses.items()
+    )
 
 
 def print_comparison():

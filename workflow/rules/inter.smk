@@ -12,6 +12,7 @@ rule cluster_global:
         neighbours=f"{RESULTS}/{{exp}}/seed{{seed}}/round{{r}}/neighbours.npz",
     input:
         features=round_features,
+        local_labels=clustering_local_labels,
     params:
         code=code("cluster_global"),
         opts=lambda w: " ".join(
@@ -21,6 +22,7 @@ rule cluster_global:
                 cli({"seed": int(w.seed)}),
             ]
         ),
+        local_labels=local_labels_option,
     log:
         f"{LOGS}/{{exp}}/seed{{seed}}/round{{r}}.cluster.log",
     benchmark:
@@ -34,7 +36,8 @@ rule cluster_global:
     group:
         "round"
     shell:
-        "python -m pipeline cluster-global --features {input.features:q} {params.opts}"
+        "python -m pipeline cluster-global --features {input.features:q} {params.local_labels}"
+        " {params.opts}"
         " --out {output.clusters:q} --summary {output.summary:q}"
         " --out-neighbours {output.neighbours:q} > {log:q} 2>&1"
 
@@ -51,9 +54,7 @@ rule refine:
     params:
         code=code("refine"),
         opts=lambda w: refine_options(w.exp, w.seed, w.r),
-        local_labels=lambda w, input: (
-            f"--local-labels {quoted(*input.local_labels)}" if input.local_labels else ""
-        ),
+        local_labels=local_labels_option,
     log:
         f"{LOGS}/{{exp}}/seed{{seed}}/round{{r}}.refine.log",
     benchmark:
@@ -81,13 +82,16 @@ rule train_inter:
         labels=rules.refine.output.labels,
         summary=rules.refine.output.summary,
         init=lambda w: f"{model_before_round(w.exp, w.seed, w.r)}.pt",
+        local_labels=training_local_labels,
     params:
         code=code("train_inter"),
+        local_labels=local_labels_option,
         opts=lambda w: " ".join(
             [
                 f"--experiment {quoted(w.exp)}",
                 f"--epochs {round_epochs(w.exp, w.r)}",
                 f"--total-epochs {EXPERIMENTS[w.exp]['epochs']}",
+                cli(EXPERIMENTS[w.exp]["css"], "inter", "css"),
                 loss_options(w.exp),
                 cli(EXPERIMENTS[w.exp]["train"], "inter", "train"),
                 cli(config["input"], "input"),
@@ -108,5 +112,6 @@ rule train_inter:
         gpu=GPU,
     shell:
         "python -m pipeline train-inter --index {input.index:q} --labels {input.labels:q}"
-        " --refine-summary {input.summary:q} --init {input.init:q} {params.opts}"
+        " --refine-summary {input.summary:q} --init {input.init:q} {params.local_labels}"
+        " {params.opts}"
         " --out-checkpoint {output.model:q} --log {output.log:q} > {log:q} 2>&1"

@@ -87,3 +87,29 @@ rule collect_local_labels:
     shell:
         "python -m pipeline collect-local-labels --tables {input.tables:q} --out {output:q}"
         " > {log:q} 2>&1"
+
+
+rule ics_labels:
+    """Each camera's annotated identities, renumbered per camera so that no identity links two
+    cameras: the local labels of the experiments in the intra-camera supervised setting
+    (inter.local_labels: annotations), in place of stage 1."""
+    output:
+        ics_labels_table("{seed}"),
+    input:
+        index=INDEX,
+    params:
+        code=code("ics_labels"),
+        opts=lambda w: cli({"seed": int(w.seed)}),
+    log:
+        f"{LOGS}/seed{{seed}}/ics_labels.log",
+    benchmark:
+        f"{BENCHMARKS}/seed{{seed}}/ics_labels.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m pipeline ics-labels --index {input.index:q} {params.opts} --out {output:q}"
+        " > {log:q} 2>&1"
