@@ -15,6 +15,7 @@ of Table III.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 
 from pipeline import settings
@@ -54,7 +55,6 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.models.checkpoint import load_checkpoint
     from pipeline.tables import INDEX, REFINED_LABELS
     from pipeline.train.inter import (
-        inter_epoch,
         inter_training_set,
         summary_fields,
         training_cameras,
@@ -109,20 +109,21 @@ def run(args: argparse.Namespace) -> None:
         ", ".join(f"{name} ({options})" for name, options in loss_options.items()),
     )
 
-    def build_losses(context):
-        terms = {name: LOSSES[name].build(opts, context) for name, opts in loss_options.items()}
-        return {name: term for name, term in terms.items() if term is not None}
-
     result = train(
         stage="inter",
         paths=paths,
         cameras=rows["camid"].to_numpy(),
         init_state=init_state,
         options=options,
-        prepare_epoch=lambda model, epoch: inter_epoch(
-            model, paths, training_set, options, log_fields
+        # functions that pickle: a job of several processes sends them to each
+        prepare_epoch=functools.partial(
+            prepare_epoch,
+            paths=paths,
+            training_set=training_set,
+            options=options,
+            log_fields=log_fields,
         ),
-        build_losses=build_losses,
+        build_losses=functools.partial(build_losses, loss_options),
         camera_ids=camera_ids,
         out_checkpoint=args.out_checkpoint,
         log_path=args.log,
@@ -138,3 +139,18 @@ def run(args: argparse.Namespace) -> None:
         args.total_epochs,
         args.out_checkpoint,
     )
+
+
+def prepare_epoch(model, epoch: int, **data):
+    """The epoch's data (:func:`pipeline.train.inter.inter_epoch`; the same every epoch)."""
+    from pipeline.train.inter import inter_epoch
+
+    return inter_epoch(model, **data)
+
+
+def build_losses(loss_options: dict, context) -> dict:
+    """The loss terms that ``loss_options`` (name -> settings) switch on."""
+    from pipeline.train.losses import LOSSES
+
+    terms = {name: LOSSES[name].build(opts, context) for name, opts in loss_options.items()}
+    return {name: term for name, term in terms.items() if term is not None}
