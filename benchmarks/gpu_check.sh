@@ -15,15 +15,20 @@
 # and the JSON holds every step finished before it:
 #   install       the carried wheels into /tmp/site (skipped without .whl/)
 #   cuda_tests    the unit tests that need a GPU (named *cuda*, skipped without one), the
-#                 device resolution and the GPU-slot tests
+#                 device resolution and the GPU-slot tests; among them the multi-GPU training
+#                 path (NCCL process group, DDP, the exchanges of the batch and the memory)
+#                 with as many processes as GPUs, at most 2: on one GPU, one process, since
+#                 NCCL cannot give two processes the same GPU
 #   knn_1m        exact kNN (k = 15) of 1,000,000 x 2048 synthetic features on the GPU
 #   evaluate      mAP/CMC/mINP at MSMT17 size (11,659 x 82,161, D = 2048) on the GPU
 #   extract       extraction throughput / bare model throughput (ResNet-50, 256x128)
 #   train         training-loop throughput / bare training throughput (ResNet-50, 256x128)
+#   round         one CALR round at Market-1501 size (12,936 images, ResNet-50 256x128): the
+#                 extract, cluster-global, refine and train-inter jobs (one epoch), each a
+#                 process timed from start to end, so job start-ups included
+#   demo          the demo workflow with device: cuda (2 rounds of 2 epochs), wall time; its
+#                 GPU jobs claim the GPU through pipeline/devices.py as on a workstation
 #   cluster       kNN + Infomap + pivots + refinement at Market-1501 size (12,936 images)
-#   demo          the demo workflow with device: cuda (2 rounds of 2 epochs), wall time
-# and at the end round_estimate_seconds: one CALR round at Market-1501 size from the measured
-# parts (extract 12,936 images + cluster + one epoch of 12,936 images), job start-ups excluded.
 #
 # To check the script itself on a CPU machine: DEVICE=cpu SMALL=1 OUT=/tmp/gc bash $0
 # (tiny sizes, ResNet-18, the demo as a dry run).
@@ -44,6 +49,11 @@ START=$SECONDS
 echo '{}' >"$FIGURES"
 : >"$LOG"
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+# the workflow's jobs run `python`, which a machine with only python3 lacks
+mkdir -p "$WORK/bin"
+printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v "$PY")" >"$WORK/bin/python"
+chmod +x "$WORK/bin/python"
+export PATH=$WORK/bin:$PATH
 
 record() {  # record NAME JSON-OBJECT: merge {NAME: object} into the figures file
   "$PY" - "$FIGURES" "$1" "$2" <<'EOF'
@@ -99,9 +109,11 @@ EOF
 if [ "$SMALL" = 1 ]; then
   KNN_N=20000 KNN_DIM=64 MARKET_N=2000 EVAL="--queries 300 --gallery 3000 --dim 64"
   NET="--arch resnet18 --height 64 --width 32" IMAGES=128 ITERS=2 WORKERS=0 BATCH=16 REPEATS=1
+  ROUND_SIZE="--images 600 --identities 60"
 else
   KNN_N=1000000 KNN_DIM=2048 MARKET_N=12936 EVAL="--queries 11659 --gallery 82161 --dim 2048"
   NET="--arch resnet50 --height 256 --width 128" IMAGES=4096 ITERS=40 WORKERS=8 BATCH=64 REPEATS=3
+  ROUND_SIZE="--images 12936 --identities 751"
 fi
 
 step env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader;
@@ -113,8 +125,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
-step cuda_tests 90 "$PY" -m pytest -q -p no:cacheprovider -rs -k "cuda or device" \
-  tests/test_cluster_knn.py tests/test_evaluate.py tests/test_extract.py tests/test_devices.py
+step cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs -k "cuda or device" \
+  tests/test_cluster_knn.py tests/test_evaluate.py tests/test_extract.py tests/test_devices.py \
+  tests/test_train_distributed.py
 step knn_1m 120 "$PY" benchmarks/cluster.py --n "$KNN_N" --dim "$KNN_DIM" --knn torch \
   --device "$DEVICE" --knn-only
 # shellcheck disable=SC2086  # EVAL and NET are lists of options
@@ -125,8 +138,9 @@ step extract 75 "$PY" benchmarks/extract.py --device "$DEVICE" $NET --images "$I
 # shellcheck disable=SC2086
 step train 90 "$PY" benchmarks/train.py --device "$DEVICE" $NET --batch-size "$BATCH" \
   --iters "$ITERS" --workers "$WORKERS" --repeats "$REPEATS" --images $((IMAGES / 2))
-step cluster 60 "$PY" benchmarks/cluster.py --n "$MARKET_N" --dim "$KNN_DIM" --knn torch \
-  --device "$DEVICE"
+# shellcheck disable=SC2086
+step round 150 "$PY" benchmarks/round.py --device "$DEVICE" $NET $ROUND_SIZE \
+  --batch-size "$BATCH" --workers "$WORKERS"
 
 # the demo workflow with the device set, 2 rounds of 2 epochs so that it fits the call
 "$PY" - "$WORK/demo.yaml" "$WORK/demo" "$DEVICE" <<'EOF'
@@ -147,22 +161,8 @@ print(json.dumps({"comparison": pd.read_csv(sys.argv[1]).round(4).to_dict("recor
     "$WORK/demo/comparison.csv")"
 fi
 
-"$PY" - "$FIGURES" "$MARKET_N" <<'EOF'
-import json, sys
-path, images = sys.argv[1], int(sys.argv[2])
-figures = json.load(open(path))
-try:
-    extract = images / figures["extract"]["extract_images_per_second"]
-    cluster = figures["cluster"]["knn_seconds"] + figures["cluster"]["after_knn_seconds"]
-    train = images / figures["train"]["train_images_per_second"]
-except (KeyError, ZeroDivisionError, TypeError):
-    sys.exit(0)
-figures["round_estimate_seconds"] = {
-    "images": images, "extract": round(extract, 2), "cluster": round(cluster, 2),
-    "train_epoch": round(train, 2), "total": round(extract + cluster + train, 2),
-}
-json.dump(figures, open(path, "w"), indent=1)
-EOF
+step cluster 60 "$PY" benchmarks/cluster.py --n "$MARKET_N" --dim "$KNN_DIM" --knn torch \
+  --device "$DEVICE"
 record total "{\"seconds\": $((SECONDS - START)), \"device\": \"$DEVICE\", \"small\": $SMALL}"
 rm -rf "$WORK"
 cat "$FIGURES"

@@ -32,9 +32,8 @@ from PIL import Image
 
 from pipeline.features.extract import resolve_amp, resolve_device
 from pipeline.models import build_model
-from pipeline.train.loop import EpochTargets, build_optimizer, make_train_loader, train_epoch
-from pipeline.train.losses import CameraClassifier
-from pipeline.train.memory import ClusterMemory
+from pipeline.train.loop import build_optimizer, make_train_loader, train_epoch
+from pipeline.train.losses import CameraAdversarialLoss, ClusterContrastLoss, EpochTargets
 
 CLUSTERS = 64
 CAMERAS = 6
@@ -75,15 +74,21 @@ def synchronize(device: torch.device) -> None:
 
 
 class Setup:
-    """Model, classifier, optimizer, memory and pseudo labels shared by both loops."""
+    """Model, loss terms (weighted contrastive loss and camera classifier, as stage 2),
+    optimizer and pseudo labels shared by both loops."""
 
     def __init__(self, args: argparse.Namespace, device: torch.device, n_images: int) -> None:
         torch.manual_seed(0)
         channels_last = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.model = build_model(args.arch, "avg", "none").to(device, memory_format=channels_last)
-        self.classifier = CameraClassifier(self.model.feature_dim, CAMERAS).to(device)
+        dim = self.model.feature_dim
+        self.losses = {
+            "contrastive": ClusterContrastLoss(momentum=0.2, temperature=0.1, weighted=True),
+            "camera": CameraAdversarialLoss(dim, range(CAMERAS), beta=1.0, grl_lambda=1.0),
+        }
+        self.losses["camera"].to(device)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        params += list(self.classifier.parameters())
+        params += list(self.losses["camera"].parameters())
         self.optimizer = build_optimizer(params, lr=3.5e-4, weight_decay=5e-4)
         self.labels = np.arange(n_images) % CLUSTERS
         self.cameras = np.arange(n_images) % CAMERAS
@@ -92,8 +97,9 @@ class Setup:
             weights=torch.rand(n_images, device=device),
             cameras=torch.as_tensor(self.cameras, device=device),
         )
-        centroids = F.normalize(torch.randn(CLUSTERS, self.model.feature_dim, device=device), dim=1)
-        self.memory = ClusterMemory(centroids, momentum=0.2, temperature=0.1)
+        features = F.normalize(torch.randn(n_images, dim, device=device), dim=1)
+        for term in self.losses.values():
+            term.start_epoch(0, features, self.targets)
 
 
 def time_training(setup: Setup, paths, args, device, amp_dtype, generator) -> float:
@@ -115,13 +121,12 @@ def time_training(setup: Setup, paths, args, device, amp_dtype, generator) -> fl
     )
     train_epoch(
         setup.model,
-        setup.memory,
+        setup.losses,
         loader,
         setup.optimizer,
         setup.targets,
         device=device,
         amp_dtype=amp_dtype,
-        classifier=setup.classifier,
         progress=False,
     )
     synchronize(device)

@@ -9,18 +9,22 @@ gives it a GPU of its own: ``run`` claims the first free slot ``i`` of N (N = ``
 default: the number of visible GPUs) by taking an exclusive lock (``fcntl.flock``) on the file
 ``gpu-slot-<i>.lock`` in ``--slot-dir``, sets ``CUDA_VISIBLE_DEVICES`` to the ``i``-th visible
 GPU, and replaces itself with the command (``exec``), which inherits the open lock file. The
-slot is therefore held exactly as long as the job and the processes it forks (DataLoader
-workers) run, and the kernel releases it when the last of them exits, however they end
-(SIGKILL included): nothing needs cleaning up, and a lock file left behind is free. When all
-slots are taken (another workflow on the same machine, or a job's workers still exiting), it
-waits for one (``--wait`` seconds, default without limit).
+slot is therefore held exactly as long as the job and the processes it starts (DataLoader
+workers, the processes of a multi-GPU training job) run, and the kernel releases it when the
+last of them exits, however they end (SIGKILL included): nothing needs cleaning up, and a lock
+file left behind is free. When all slots are taken (another workflow on the same machine, or a
+job's workers still exiting), it waits for one (``--wait`` seconds, default without limit). A
+job that needs several GPUs (``--gpus K``, a training job with ``train.gpus: K``) claims K slots
+at once, all or none: when fewer are free it releases those it took and waits, so that two
+jobs that each need two of three GPUs never hold one each forever.
 
 The visible GPUs are those listed in ``CUDA_VISIBLE_DEVICES`` when it is set (so a user can hand
 the workflow a subset, ``CUDA_VISIBLE_DEVICES=2,3``), else the ``/dev/nvidia<n>`` devices.
-Without any GPU the command runs unchanged, so the same rules serve CPU hosts. Under SLURM
-(``SLURM_JOB_ID`` set) the scheduler already gives each job its own GPUs through
-``CUDA_VISIBLE_DEVICES`` (the profile maps the rules' ``gpu`` resource to ``--gpus``), and a
-slot directory could be shared by several nodes, so the command runs unchanged there too.
+Without any GPU, or with ``--gpus 0``, the command runs unchanged, so the same rules serve CPU
+hosts and jobs that need no GPU in a GPU configuration. Under SLURM (``SLURM_JOB_ID`` set) the
+scheduler already gives each job its own GPUs through ``CUDA_VISIBLE_DEVICES`` (the profile
+maps the rules' ``gpu`` resource to ``--gpus``), and a slot directory could be shared by
+several nodes, so the command runs unchanged there too.
 
 Slots are per machine and per slot directory: the default, ``$TMPDIR/calr-gpu-slots-<uid>``,
 is private to one user; users who share GPUs can share a directory with ``--slot-dir``.
@@ -59,18 +63,27 @@ def visible_gpus(environ: dict[str, str] | None = None, dev: Path = Path("/dev")
     return [str(n) for n in sorted(numbers)]
 
 
-def claim_slot(slot_dir: Path, slots: int, wait: float | None = None) -> tuple[int, int]:
-    """Lock the first free of ``slots`` slot files in ``slot_dir``: ``(slot, file descriptor)``.
+def claim_slots(
+    slot_dir: Path, slots: int, count: int = 1, wait: float | None = None
+) -> list[tuple[int, int]]:
+    """Lock ``count`` free slots of the ``slots`` slot files in ``slot_dir``, all or none:
+    ``[(slot, file descriptor), ...]`` in slot order.
 
-    The slot is held until the descriptor is closed in every process that has it (the owner
-    exiting closes it). Waits for a free slot up to ``wait`` seconds (None: without limit);
-    then raises :class:`PipelineError` naming the holders.
+    A slot is held until its descriptor is closed in every process that has it (the owner
+    exiting closes it). Waits for enough free slots up to ``wait`` seconds (None: without
+    limit); then raises :class:`PipelineError` naming the holders.
     """
     if slots < 1:
         raise PipelineError(f"the number of GPU slots must be at least 1, got {slots}")
+    if not 1 <= count <= slots:
+        raise PipelineError(
+            f"the job asks for {count} GPU(s) (--gpus) but there are {slots} GPU slot(s); ask "
+            "for at most that many (train.gpus)"
+        )
     slot_dir.mkdir(parents=True, exist_ok=True)
     deadline = None if wait is None else time.monotonic() + wait
     while True:
+        taken = []
         for slot in range(slots):
             path = slot_dir / f"gpu-slot-{slot}.lock"
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -79,16 +92,21 @@ def claim_slot(slot_dir: Path, slots: int, wait: float | None = None) -> tuple[i
             except BlockingIOError:
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            return slot, fd
+            taken.append((slot, fd))
+            if len(taken) == count:
+                for _, held in taken:
+                    os.ftruncate(held, 0)
+                    os.write(held, f"{os.getpid()}\n".encode())
+                return taken
+        for _, fd in taken:  # too few free: let the others have them while this job waits
+            os.close(fd)
         if deadline is not None and time.monotonic() >= deadline:
             holders = ", ".join(
                 f"slot {s}: pid {_holder(slot_dir / f'gpu-slot-{s}.lock')}" for s in range(slots)
             )
             raise PipelineError(
-                f"no free GPU slot in {slot_dir} after {wait:g} s ({holders}); wait for those "
-                "jobs, or raise --slots if the machine has more GPUs"
+                f"no {count} free GPU slot(s) in {slot_dir} after {wait:g} s ({holders}); wait "
+                "for those jobs, or raise --slots if the machine has more GPUs"
             )
         time.sleep(POLL_SECONDS)
 
@@ -106,24 +124,29 @@ def run(
     slot_dir: Path,
     wait: float | None,
     environ: dict[str, str] | None = None,
+    gpus: int = 1,
 ) -> NoReturn:
-    """Claim a slot, point ``CUDA_VISIBLE_DEVICES`` at its GPU and exec ``command`` (module
-    docstring); exec it unchanged under SLURM or without GPUs. Does not return."""
+    """Claim ``gpus`` slots, point ``CUDA_VISIBLE_DEVICES`` at their GPUs and exec ``command``
+    (module docstring); exec it unchanged under SLURM, without GPUs or when ``gpus`` is 0. Does
+    not return."""
     env = dict(os.environ if environ is None else environ)
-    gpus = visible_gpus(env)
-    if "SLURM_JOB_ID" in env or (slots is None and not gpus):
+    visible = visible_gpus(env)
+    if "SLURM_JOB_ID" in env or gpus == 0 or (slots is None and not visible):
         os.execvpe(command[0], command, env)
-    slots = len(gpus) if slots is None else slots
-    if slots > len(gpus):
+    slots = len(visible) if slots is None else slots
+    if slots > len(visible):
         raise PipelineError(
-            f"--slots {slots} but only {len(gpus)} GPU(s) are visible ({','.join(gpus) or 'none'}"
-            "); use at most that many, or set CUDA_VISIBLE_DEVICES to the GPUs to use"
+            f"--slots {slots} but only {len(visible)} GPU(s) are visible "
+            f"({','.join(visible) or 'none'}); use at most that many, or set "
+            "CUDA_VISIBLE_DEVICES to the GPUs to use"
         )
-    slot, fd = claim_slot(slot_dir, slots, wait)
-    os.set_inheritable(fd, True)
-    env["CUDA_VISIBLE_DEVICES"] = gpus[slot]
+    claimed = claim_slots(slot_dir, slots, gpus, wait)
+    for _, fd in claimed:
+        os.set_inheritable(fd, True)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[slot] for slot, _ in claimed)
     print(
-        f"pipeline.devices: GPU slot {slot} of {slots} -> CUDA_VISIBLE_DEVICES={gpus[slot]}",
+        f"pipeline.devices: GPU slot(s) {', '.join(str(slot) for slot, _ in claimed)} of {slots}"
+        f" -> CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}",
         file=sys.stderr,
         flush=True,
     )
@@ -137,7 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="verb", required=True)
     run_parser = sub.add_parser("run", help="run a command on a GPU of its own")
     run_parser.add_argument(
-        "--slots", type=int, default=None, help="GPU jobs at once (default: visible GPUs)"
+        "--slots", type=int, default=None, help="GPUs shared out (default: the visible ones)"
+    )
+    run_parser.add_argument(
+        "--gpus", type=int, default=1, help="GPUs the command needs (default: 1)"
     )
     run_parser.add_argument("--slot-dir", type=Path, default=DEFAULT_SLOT_DIR)
     run_parser.add_argument(
@@ -149,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     if not command:
         parser.error("give the command to run after --")
     try:
-        run(command, args.slots, args.slot_dir, args.wait)
+        run(command, args.slots, args.slot_dir, args.wait, gpus=args.gpus)
     except PipelineError as error:
         print(f"pipeline.devices: error: {error}", file=sys.stderr)
         sys.exit(2)

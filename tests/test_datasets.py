@@ -268,7 +268,7 @@ def test_manifest_root_must_be_a_file(tmp_path):
 def test_unknown_dataset_lists_known_names(tmp_path):
     with pytest.raises(PipelineError, match=r"unknown dataset 'market'.*market1501, msmt17"):
         read_dataset("market", tmp_path)
-    assert set(DATASETS) == {"market1501", "dukemtmc", "msmt17", "veri776", "manifest"}
+    assert set(DATASETS) == {"market1501", "demo", "dukemtmc", "msmt17", "veri776", "manifest"}
 
 
 def test_missing_root(tmp_path):

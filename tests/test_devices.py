@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.devices import claim_slot, visible_gpus
+from pipeline.devices import claim_slots, visible_gpus
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,9 +23,12 @@ HOLD = (
 )
 
 
-def wrapped(slot_dir: Path, *command: str, slots: int | None = 2, env: dict | None = None):
+def wrapped(
+    slot_dir: Path, *command: str, slots: int | None = 2, env: dict | None = None, gpus: int = 1
+):
     """``python -m pipeline.devices run`` around ``command``, started in the background."""
-    options = ["--slot-dir", str(slot_dir)] + ([] if slots is None else ["--slots", str(slots)])
+    options = ["--slot-dir", str(slot_dir), "--gpus", str(gpus)]
+    options += [] if slots is None else ["--slots", str(slots)]
     environ = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"}
     environ.update({"PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "5,7", **(env or {})})
     return subprocess.Popen(
@@ -74,12 +77,12 @@ def test_a_killed_job_releases_its_slot(tmp_path):
     try:
         wait_for(lambda: (slot_dir / "gpu-slot-0.lock").exists() and not _free(slot_dir))
         with pytest.raises(
-            PipelineError, match=rf"no free GPU slot .*\(slot 0: pid {holder.pid}\)"
+            PipelineError, match=rf"no 1 free GPU slot\(s\) .*\(slot 0: pid {holder.pid}\)"
         ):
-            claim_slot(slot_dir, 1, wait=0.3)
+            claim_slots(slot_dir, 1, wait=0.3)
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=10)
-        slot, fd = claim_slot(slot_dir, 1, wait=5)
+        [(slot, fd)] = claim_slots(slot_dir, 1, wait=5)
         os.close(fd)
         assert slot == 0
     finally:
@@ -88,11 +91,32 @@ def test_a_killed_job_releases_its_slot(tmp_path):
 
 def _free(slot_dir: Path) -> bool:
     try:
-        _, fd = claim_slot(slot_dir, 1, wait=0)
+        [(_, fd)] = claim_slots(slot_dir, 1, wait=0)
     except PipelineError:
         return False
     os.close(fd)
     return True
+
+
+def test_a_multi_gpu_job_takes_all_its_slots_or_none(tmp_path):
+    two = claim_slots(tmp_path, 3, count=2)
+    assert [slot for slot, _ in two] == [0, 1]
+    # one slot is free: a second two-GPU job takes none (and leaves it to a one-GPU job)
+    with pytest.raises(PipelineError, match="no 2 free GPU slot"):
+        claim_slots(tmp_path, 3, count=2, wait=0.2)
+    [(slot, fd)] = claim_slots(tmp_path, 3, count=1, wait=0)
+    assert slot == 2
+    for _, held in [*two, (slot, fd)]:
+        os.close(held)
+    with pytest.raises(PipelineError, match=r"asks for 4 GPU\(s\) \(--gpus\) but there are 3"):
+        claim_slots(tmp_path, 3, count=4)
+
+
+def test_a_multi_gpu_job_sees_its_gpus(tmp_path):
+    (tmp_path / "release").touch()
+    job = hold(tmp_path / "slots", tmp_path / "out", tmp_path / "release", gpus=2)
+    assert job.wait(timeout=30) == 0
+    assert (tmp_path / "out").read_text() == "5,7"
 
 
 @pytest.mark.parametrize(

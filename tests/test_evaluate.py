@@ -14,6 +14,8 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate.metrics import RetrievalMetrics, evaluate_retrieval
 from pipeline.evaluate.rerank import k_reciprocal_distance_blocks
 from pipeline.features.store import FeatureSet, write_features
+from pipeline.runtime import Device
+from pipeline.stages.evaluate import retrieval_device
 
 METRICS_COLUMNS = [
     "experiment",
@@ -456,3 +458,24 @@ def test_stage_fails_when_no_query_has_a_valid_match(dataset, tmp_path):
 def test_stage_rejects_bad_options(dataset, tmp_path, extra, message):
     with pytest.raises(PipelineError, match=message):
         run_stage(*stage_args(dataset, tmp_path / "m.csv", *extra))
+
+
+def test_stage_device_is_numpy_on_the_cpu_and_cuda_on_a_gpu(monkeypatch):
+    assert retrieval_device(Device(device="cpu")) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # auto without a visible GPU: NumPy
+    assert retrieval_device(Device(device="auto")) is None
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    if torch.cuda.is_available():
+        assert retrieval_device(Device(device="cuda")) == "cuda"
+    else:
+        with pytest.raises(PipelineError, match="no CUDA GPU is visible"):
+            retrieval_device(Device(device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stage_on_cuda_writes_the_figures_of_the_cpu(dataset, tmp_path):
+    for device in ("cpu", "cuda"):
+        run_stage(*stage_args(dataset, tmp_path / f"{device}.csv", "--device", device))
+    figures = ["mAP", "rank1", "rank5", "rank10", "mINP"]
+    on_cpu, on_gpu = (pd.read_csv(tmp_path / f"{d}.csv")[figures] for d in ("cpu", "cuda"))
+    assert np.allclose(on_gpu.to_numpy(), on_cpu.to_numpy(), rtol=0, atol=1e-6)

@@ -82,8 +82,8 @@ def other_value(schema: dict, default):
     """A valid value different from ``default`` for a leaf schema."""
     if "enum" in schema:
         return next(value for value in schema["enum"] if value not in (default, None))
-    if "pattern" in schema:  # the device
-        return "cpu"
+    if "pattern" in schema:  # the device: a GPU, so that GPU jobs claim theirs
+        return "cuda"
     kind = schema["type"][0] if isinstance(schema["type"], list) else schema["type"]
     if kind == "boolean":
         return not default
@@ -110,8 +110,15 @@ def leaves(schema: dict, path=()):
 # config section -> the rules whose commands carry its options
 USED_BY = {
     ("seed",): {"init_model", "train_intra", "cluster_global", "refine", "train_inter", "report"},
-    ("device",): {"init_model", "extract", "train_intra", "train_inter"},
-    ("deterministic",): {"extract", "train_intra", "train_inter"},
+    ("device",): {
+        "init_model",
+        "extract",
+        "train_intra",
+        "cluster_global",
+        "train_inter",
+        "evaluate",
+    },
+    ("deterministic",): {"extract", "train_intra", "train_inter", "evaluate"},
     ("dataset",): {"index"},
     ("demo",): {"demo_data"},
     ("model",): {"init_model"},
@@ -281,3 +288,10 @@ def test_every_setting_reaches_the_commands_of_the_rules_that_use_it(tmp_path):
     }
     assert clustering == {"infomap": False, "dbscan": False, "association": True}
     assert all(local in c for c in commands["train_inter"])
+    # jobs on the GPU claim as many as they ask for (pipeline/devices.py); the others none
+    gpus = config["intra"]["train"]["gpus"], config["inter"]["train"]["gpus"]
+    claims = {"extract": 1, "cluster_global": 1, "evaluate": 1, "init_model": 0}
+    claims.update(train_intra=gpus[0], train_inter=gpus[1])
+    for rule, lines in commands.items():
+        claim = f"python -m pipeline.devices run --gpus {claims.get(rule)} -- " * (rule in claims)
+        assert all(line.startswith(claim + "python -m pipeline ") for line in lines), rule

@@ -1,4 +1,5 @@
-"""One training epoch on a tiny model: the memory and weights move; NaN stops it cleanly."""
+"""One training epoch on a tiny model: the memory and weights move; a non-finite loss stops it
+cleanly, with neither its step nor a later one applied."""
 
 from __future__ import annotations
 
@@ -85,3 +86,29 @@ def test_non_finite_loss_stops_with_epoch_and_iteration_before_any_step():
             progress=False,
         )
     assert torch.equal(model.linear.weight, before)
+
+
+def test_a_later_non_finite_loss_keeps_the_weights_of_the_steps_before_it():
+    expected, _, expected_terms, expected_optimizer, targets = setup()
+    expected_terms["contrastive"].weighted = True
+    targets.weights = torch.ones(12)
+    train_epoch(
+        expected,
+        expected_terms,
+        batches()[:1],
+        expected_optimizer,
+        targets,
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    model, _, terms, optimizer, targets = setup()
+    terms["contrastive"].weighted = True
+    targets.weights = torch.tensor([1.0] * 4 + [float("nan")] * 4 + [1.0] * 4)  # batch 2
+    with pytest.raises(PipelineError, match=r"epoch 1, iteration 2: .*\(loss_contrastive nan"):
+        train_epoch(
+            model, terms, batches(), optimizer, targets, device=torch.device("cpu"), progress=False
+        )
+    # the step of batch 1 only: neither batch 2's nor the finite batch 3's
+    assert torch.equal(model.linear.weight, expected.linear.weight)
+    classifier, expected_classifier = (t["camera"].classifier for t in (terms, expected_terms))
+    assert torch.equal(classifier.mlp[0].weight, expected_classifier.mlp[0].weight)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from pipeline.errors import PipelineError
 from pipeline.train.sampler import IdentitySampler
 
 
-def make_sampler(labels, cameras, *, batch_size=8, instances=4, iters=0, seed=0):
+def make_sampler(labels, cameras, *, batch_size=8, instances=4, iters=0, seed=0, **group):
     return IdentitySampler(
         np.asarray(labels),
         np.asarray(cameras),
@@ -16,6 +18,7 @@ def make_sampler(labels, cameras, *, batch_size=8, instances=4, iters=0, seed=0)
         instances=instances,
         iters=iters,
         generator=torch.Generator().manual_seed(seed),
+        **group,
     )
 
 
@@ -65,3 +68,18 @@ def test_same_seed_same_batches_other_seed_other_batches():
 
     assert batches(7) == batches(7)
     assert batches(7) != batches(8)
+
+
+def test_processes_take_consecutive_shares_of_the_batches_of_one():
+    alone = list(make_sampler(LABELS, CAMERAS, batch_size=16, iters=6, seed=2))
+    shares = [
+        list(make_sampler(LABELS, CAMERAS, batch_size=16, iters=6, seed=2, rank=r, world=2))
+        for r in (0, 1)
+    ]
+    assert all(len(batch) == 8 for share in shares for batch in share)
+    assert [first + second for first, second in zip(*shares, strict=True)] == alone
+
+
+def test_more_processes_than_identities_in_a_batch_is_an_error():
+    with pytest.raises(PipelineError, match="4 cluster.* shared by 3 training processes"):
+        make_sampler([0, 1, 2, 3], [1, 2, 1, 2], batch_size=8, instances=4, rank=0, world=3)

@@ -6,6 +6,7 @@ fixed seeds)."""
 from __future__ import annotations
 
 import logging
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -167,6 +168,41 @@ def test_killed_job_resumes_and_ends_bitwise_identical(inputs, tmp_path, monkeyp
     assert np.array_equal(
         log[losses].to_numpy(), read_table(straight / "log.csv")[losses].to_numpy()
     )
+
+
+def test_a_job_of_two_processes_resumes_a_killed_job(inputs, tmp_path, monkeypatch):
+    real_write_log = runner.write_log
+
+    def log_then_die(history, path):  # after the partial checkpoint and log of epoch 1
+        real_write_log(history, path)
+        raise Killed
+
+    monkeypatch.setattr(runner, "write_log", log_then_die)
+    with pytest.raises(Killed):
+        train_inter(inputs, tmp_path)
+    monkeypatch.setattr(runner, "write_log", real_write_log)
+    first = load_checkpoint(tmp_path / "model.partial.pt")["history"]
+    train_inter(inputs, tmp_path, gpus=2)  # processes with 16 / 2 images per step each
+    state = load_checkpoint(tmp_path / "model.pt")
+    assert state["epoch"] == 2 and state["history"][:1] == first  # epoch 1 was not redone
+    assert read_table(tmp_path / "log.csv")["epoch"].tolist() == [1, 2]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["log.csv", "model.pt"]
+    with pytest.raises(PipelineError, match=r"--gpus 3 must divide the identities of a batch"):
+        train_inter(inputs, tmp_path, gpus=3)
+
+
+def test_training_processes_are_sent_work_that_pickles(inputs, tmp_path, monkeypatch):
+    sent = []
+
+    def launch(world, device, worker):
+        sent.append((world, pickle.loads(pickle.dumps(worker))))
+        raise Killed
+
+    monkeypatch.setattr(runner, "launch", launch)
+    with pytest.raises(Killed):
+        train_intra(inputs, tmp_path, camera=2, gpus=2)
+    [(world, worker)] = sent
+    assert world == 2 and worker.keywords["stage"] == "intra"
 
 
 def test_a_partial_checkpoint_of_another_job_is_ignored(tmp_path, caplog):

@@ -4,7 +4,10 @@ Run every epoch over the whole training set before the global clustering, and on
 for retrieval, so it is built to keep the model busy: DataLoader processes (on a GPU) or one
 background thread (on CPU) only decode and resize to ``uint8``, ahead of the model; scaling,
 normalisation, the optional flip and the forward pass run batched on the device under
-``torch.inference_mode``, in channels_last layout, with bf16/fp16 autocast on CUDA.
+``torch.inference_mode``, in channels_last layout, with bf16/fp16 autocast on CUDA. On a GPU
+the loop never waits for the device: images arrive in pinned memory and are copied without
+blocking, and each batch's embeddings are copied back into pinned memory without blocking and
+read :data:`COPY_LAG` batches later, by which time the copy is done.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 MAX_MISSING_NAMED = 10
 PREFETCH_BATCHES = 4  # decoded ahead of the model, per loader worker
 MAX_GPU_WORKERS = 8
+COPY_LAG = 2  # batches between a batch's copy to the host being queued and its rows read
 
 
 def resolve_device(name: str) -> torch.device:
@@ -204,11 +208,34 @@ def extract_embeddings(
         else prefetched_batches(dataset, batch_size)
     )
     bar = tqdm(total=len(paths), unit="img", desc="extract", mininterval=1.0, disable=not progress)
+    copies: deque[tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]] = deque()
     with inference_settings(model, torch_device, amp_dtype), bar:
         for images, positions in batches:
             images = images.to(torch_device, non_blocking=True)
             batch = normalize_batch(images.contiguous(memory_format=torch.channels_last))
-            embedded = embed_batch(model, batch, flip)
-            embeddings[positions.numpy()] = embedded.float().cpu().numpy()
-            bar.update(len(positions))
+            copies.append((positions, *to_host(embed_batch(model, batch, flip).float())))
+            while len(copies) > COPY_LAG:
+                bar.update(store_rows(embeddings, *copies.popleft()))
+        while copies:
+            bar.update(store_rows(embeddings, *copies.popleft()))
     return embeddings
+
+
+def to_host(rows: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """``rows`` on the CPU: from a GPU, a copy queued into pinned memory and the event that
+    marks its end (nothing waits for it here); on the CPU, ``rows`` and no event."""
+    if rows.device.type != "cuda":
+        return rows, None
+    host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+    host.copy_(rows, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
+
+
+def store_rows(embeddings: np.ndarray, positions: torch.Tensor, rows: torch.Tensor, done) -> int:
+    """Write ``rows`` (from :func:`to_host`, once its copy is ``done``) at ``positions``."""
+    if done is not None:
+        done.synchronize()
+    embeddings[positions.numpy()] = rows.numpy()
+    return len(positions)

@@ -5,7 +5,8 @@ junk gallery images (pid -1) are ignored; queries left without a true match are 
 counted. With --rerank, distances are k-reciprocal re-ranked (Zhong et al. 2017) first.
 Writes a one-row metrics table (docs/formats.md, Metrics) and logs the figures; with
 --per-query also each query's scores (docs/formats.md, Per-query scores), which the comparison
-resamples for its intervals.
+resamples for its intervals. The distances and the ranking run on the GPU with --device cuda
+(or auto, when one is visible), else with NumPy on the CPU; both give the same figures.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from pipeline import settings
 from pipeline.errors import PipelineError
+from pipeline.runtime import Device
 from pipeline.settings import setting
 
 if TYPE_CHECKING:
@@ -83,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="epoch of the evaluated model (default: the one the features' checkpoint records)",
     )
     settings.add_arguments(parser, EvaluateOptions, "evaluation")
+    settings.add_arguments(parser, Device, "device")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -93,6 +96,7 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.tables import INDEX, METRICS
 
     options = settings.from_args(EvaluateOptions, args)
+    device = retrieval_device(settings.from_args(Device, args))
     index = INDEX.read(args.index)
     query = read_features(args.query_features, index)
     gallery = read_features(args.gallery_features, index)
@@ -127,6 +131,7 @@ def run(args: argparse.Namespace) -> None:
         gallery.camid,
         max_rank=options.max_rank,
         distance=distance,
+        device=device,
     )
     seconds = time.perf_counter() - start
     if metrics.num_valid_query == 0:
@@ -170,6 +175,26 @@ def per_query_table(index_row: np.ndarray, scores: QueryScores) -> pd.DataFrame:
         inp=np.where(valid, scores.inp, 0.0),
         first_rank=scores.first_rank,
     )
+
+
+def retrieval_device(where: Device) -> str | None:
+    """The device of :func:`pipeline.evaluate.metrics.evaluate_retrieval` for the ``Device``
+    settings ``where``: None (NumPy on the CPU) for cpu, and for auto without a visible GPU;
+    else the CUDA device (checked to exist), with ``where.deterministic`` applied."""
+    if where.device == "cpu":
+        return None
+    from pipeline.devices import visible_gpus
+
+    if where.device == "auto" and not visible_gpus():  # without importing PyTorch
+        return None
+    from pipeline.features.extract import resolve_device
+    from pipeline.runtime import set_determinism
+
+    device = resolve_device(where.device)
+    if device.type == "cpu":
+        return None
+    set_determinism(where.deterministic)
+    return str(device)
 
 
 def _check_split(splits: np.ndarray, expected: str, path: Path) -> None:

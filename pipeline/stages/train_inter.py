@@ -17,6 +17,7 @@ need each camera's identities: --local-labels) give the other two methods.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 
 from pipeline import settings
@@ -66,14 +67,13 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.models.css import CameraStyleOptions
     from pipeline.tables import INDEX, REFINED_LABELS
     from pipeline.train.inter import (
-        inter_epoch,
         inter_training_set,
         summary_fields,
         training_cameras,
     )
     from pipeline.train.options import job_from_args, options_from_args
     from pipeline.train.runner import finish, train
-    from pipeline.train.terms import LOSSES, build_terms
+    from pipeline.train.terms import LOSSES
 
     options = options_from_args(args)
     css = settings.from_args(CameraStyleOptions, args)
@@ -125,18 +125,12 @@ def run(args: argparse.Namespace) -> None:
         ", ".join(f"{name} ({options})" for name, options in loss_options.items()),
     )
 
-    def build_losses(context):
-        from dataclasses import replace
-
-        terms = build_terms(loss_options, replace(context, local_identities=local))
-        idle = [e + 1 for e in range(done, done + args.epochs) if not any_active(terms, e)]
-        if idle:
-            raise PipelineError(
-                f"no loss term trains in epoch(s) {idle} (terms {', '.join(terms) or 'none'}); "
-                "enable one, or move the terms' first/last epochs"
-            )
-        return terms
-
+    build_losses = functools.partial(
+        build_inter_losses,
+        loss_options,
+        local_identities=local,
+        epochs=range(done, done + args.epochs),
+    )
     inputs = {"index": args.index, "labels": args.labels, "init": args.init}
     inputs |= {f"local_labels_{i}": path for i, path in enumerate(args.local_labels)}
     result = train(
@@ -145,8 +139,13 @@ def run(args: argparse.Namespace) -> None:
         cameras=rows["camid"].to_numpy(),
         init_state=init_state,
         options=options,
-        prepare_epoch=lambda model, epoch: inter_epoch(
-            model, paths, training_set, options, log_fields
+        # functions that pickle: a job of several processes sends them to each
+        prepare_epoch=functools.partial(
+            prepare_epoch,
+            paths=paths,
+            training_set=training_set,
+            options=options,
+            log_fields=log_fields,
         ),
         build_losses=build_losses,
         camera_ids=camera_ids,
@@ -164,6 +163,33 @@ def run(args: argparse.Namespace) -> None:
         args.total_epochs,
         args.out_checkpoint,
     )
+
+
+def prepare_epoch(model, epoch: int, **data):
+    """The epoch's data (:func:`pipeline.train.inter.inter_epoch`; the same every epoch)."""
+    from pipeline.train.inter import inter_epoch
+
+    return inter_epoch(model, **data)
+
+
+def build_inter_losses(loss_options: dict, context, *, local_identities, epochs: range) -> dict:
+    """The loss terms that ``loss_options`` (name -> settings) switch on, built for ``context``
+    with the images' ``local_identities``; refused when one of ``epochs`` (0-based) would train
+    no term (the runner builds them before the first step). A module-level function, so that
+    the processes of a multi-GPU job can be sent it."""
+    from dataclasses import replace
+
+    from pipeline.errors import PipelineError
+    from pipeline.train.terms import build_terms
+
+    terms = build_terms(loss_options, replace(context, local_identities=local_identities))
+    idle = [e + 1 for e in epochs if not any_active(terms, e)]
+    if idle:
+        raise PipelineError(
+            f"no loss term trains in epoch(s) {idle} (terms {', '.join(terms) or 'none'}); "
+            "enable one, or move the terms' first/last epochs"
+        )
+    return terms
 
 
 def any_active(terms: dict, epoch: int) -> bool:

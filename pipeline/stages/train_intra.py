@@ -11,6 +11,7 @@ them in parallel. A killed job resumes from its last completed epoch (<out>.part
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 
 from pipeline import settings
@@ -49,8 +50,7 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.io import write_table
     from pipeline.models.checkpoint import load_checkpoint
     from pipeline.tables import INDEX, LOCAL_LABELS
-    from pipeline.train.intra import intra_epoch, quality_stats
-    from pipeline.train.losses import ClusterContrastLoss
+    from pipeline.train.intra import quality_stats
     from pipeline.train.options import job_from_args, options_from_args
     from pipeline.train.runner import extract, finish, train
 
@@ -88,20 +88,17 @@ def run(args: argparse.Namespace) -> None:
         cameras=rows["camid"].to_numpy(dtype=np.int64),
         init_state=init_state,
         options=options,
-        prepare_epoch=lambda model, epoch: intra_epoch(
-            model,
-            paths,
-            pids,
-            args.camera,
-            clustering,
-            options,
-            initial_labels if epoch == 0 else None,
+        # functions that pickle: a job of several processes sends them to each
+        prepare_epoch=functools.partial(
+            prepare_epoch,
+            paths=paths,
+            pids=pids,
+            camera=args.camera,
+            clustering=clustering,
+            options=options,
+            initial_labels=initial_labels,
         ),
-        build_losses=lambda context: {
-            "contrastive": ClusterContrastLoss(
-                context.momentum, context.temperature, False, context.memory_update
-            )
-        },
+        build_losses=build_losses,
         camera_ids=(args.camera,),
         out_checkpoint=args.out_checkpoint,
         log_path=args.log,
@@ -125,6 +122,22 @@ def run(args: argparse.Namespace) -> None:
         args.out_labels,
         args.out_checkpoint,
     )
+
+
+def prepare_epoch(model, epoch: int, *, initial_labels, **data):
+    """The epoch's data (:func:`pipeline.train.intra.intra_epoch`): the first epoch trains on
+    ``initial_labels`` when given, every other one clusters afresh."""
+    from pipeline.train.intra import intra_epoch
+
+    return intra_epoch(model, **data, labels=initial_labels if epoch == 0 else None)
+
+
+def build_losses(context) -> dict:
+    """Stage 1's one loss term: the contrastive loss against the cluster memory (Eq. 3)."""
+    from pipeline.train.losses import ClusterContrastLoss
+
+    term = ClusterContrastLoss(context.momentum, context.temperature, False, context.memory_update)
+    return {"contrastive": term}
 
 
 def aligned_initial_labels(path, index_rows, camera: int):

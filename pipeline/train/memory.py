@@ -98,13 +98,15 @@ class ClusterMemory:
         if self.update_rule == "sample":
             self._update_per_sample(features.float(), labels)
             return
-        clusters, inverse = labels.unique(return_inverse=True)
-        sums = torch.zeros(len(clusters), features.shape[1], device=features.device)
-        sums.index_add_(0, inverse, features.float())
-        counts = torch.bincount(inverse, minlength=len(clusters)).unsqueeze(1)
-        means = sums / counts
-        moved = self.momentum * self.features[clusters] + (1 - self.momentum) * means
-        self.features[clusters] = F.normalize(moved, dim=1)
+        # every cluster's sum and count through one (B, K) indicator product: no data-dependent
+        # shapes (``unique`` would wait for the device), and no atomics, so every process of a
+        # multi-GPU job computes the same bits
+        features = features.float()
+        members = (labels.unsqueeze(1) == torch.arange(len(self), device=labels.device)).float()
+        counts = members.sum(0).unsqueeze(1)
+        means = members.T @ features / counts.clamp(min=1)
+        moved = F.normalize(self.momentum * self.features + (1 - self.momentum) * means, dim=1)
+        self.features = torch.where(counts > 0, moved, self.features)
 
     def _update_per_sample(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Eq. 2 sample by sample in batch order, one vectorised step per occurrence rank."""

@@ -24,7 +24,9 @@ from pipeline.train.memory import UPDATES
 class Optimisation:
     """Optimisation of a training stage (P x K batches, Adam, cluster memory)."""
 
-    batch_size: int = setting(64, "batch size: identities x instances (P x K)", minimum=2)
+    batch_size: int = setting(
+        64, "batch size: identities x instances (P x K), all GPUs of the job together", minimum=2
+    )
     instances: int = setting(4, "images per identity in a batch (K)", minimum=1)
     iters: int = setting(0, "batches per epoch; 0 = one pass over the labelled samples", minimum=0)
     lr: float = setting(3.5e-4, "Adam learning rate", exclusive_minimum=0)
@@ -51,6 +53,13 @@ class Optimisation:
         "training process itself; on 2 CPU cores 0 or 1 keep the model fed)",
         minimum=0,
     )
+    gpus: int = setting(
+        1,
+        "GPUs of one training job: that many processes with DistributedDataParallel, each "
+        "training on batch_size / gpus images (its share of the P identities); the job asks "
+        "the scheduler for that many GPUs. With device cpu, that many CPU processes (gloo)",
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class TrainOptions:
     temperature: float = 0.1
     memory_update: str = "sample"
     workers: int = 2
+    gpus: int = 1
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
@@ -87,6 +97,17 @@ class TrainOptions:
             )
         if self.batch_size < self.instances:
             problems.append("--batch-size must be at least --instances")
+        elif (self.batch_size // self.instances) % self.gpus:
+            problems.append(
+                f"--gpus {self.gpus} must divide the identities of a batch, --batch-size // "
+                f"--instances = {self.batch_size // self.instances}: each process trains on "
+                "its share of them"
+            )
+        if self.gpus > 1 and self.device.startswith("cuda:"):
+            problems.append(
+                f"--device {self.device} names one GPU but --gpus {self.gpus} asks for several; "
+                "use --device cuda (the job's processes take cuda:0, cuda:1, ...)"
+            )
         if problems:
             raise PipelineError("; ".join(problems))
 
@@ -103,10 +124,13 @@ def add_arguments(parser: argparse.ArgumentParser, epochs_help: str) -> None:
 
 def job_from_args(args: argparse.Namespace, inputs: dict[str, str]) -> dict:
     """What identifies a training job for resuming: its arguments and the sha256 of each of its
-    ``inputs`` files (name -> path), so that a changed input restarts the job."""
+    ``inputs`` files (name -> path), so that a changed input restarts the job. The number of
+    GPUs is not part of it: a job killed on N GPUs resumes on M (with BatchNorm over other
+    shares of the batch, so not bitwise the run it would have been)."""
     from pipeline.models.checkpoint import file_sha256
 
-    job = {k: v for k, v in vars(args).items() if k not in ("_run", "log_level", "stage")}
+    ignored = ("_run", "log_level", "stage", "gpus")
+    job = {k: v for k, v in vars(args).items() if k not in ignored}
     job["sha256"] = {name: file_sha256(path) for name, path in inputs.items()}
     return job
 

@@ -14,10 +14,16 @@ arguments: a rerun of the same job resumes from its last completed epoch and end
 the result of an uninterrupted run; a partial file of another job is ignored. :func:`finish`
 writes the final log and checkpoint and removes the partial files. The delivered model is always the
 last epoch's: there is no model selection.
+
+With ``gpus`` > 1 the epochs run in that many processes (:mod:`pipeline.train.distributed`):
+each embeds its share of the images, trains on its share of every batch, and rank 0 writes the
+partial checkpoint and log; when they have finished, :func:`train` reads the last partial
+checkpoint back, so that the caller sees the same result as with one process.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -35,6 +41,7 @@ from pipeline.io import write_table
 from pipeline.models import ReIDModel
 from pipeline.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.runtime import set_determinism
+from pipeline.train.distributed import Group, current, launch
 from pipeline.train.loop import (
     build_optimizer,
     build_scheduler,
@@ -94,17 +101,20 @@ def partial_log_path(out_checkpoint: str | os.PathLike, log_path: str | os.PathL
 
 
 def extract(model: ReIDModel, paths: Sequence[str], options: TrainOptions) -> np.ndarray:
-    """Embeddings of ``paths`` with the job's input size, batch, workers and device."""
-    return extract_embeddings(
+    """Embeddings of ``paths`` with the job's input size, batch, workers and device; in a job
+    of several processes each embeds its share and every one returns all the rows."""
+    group = current()
+    rows = extract_embeddings(
         model,
-        paths,
+        paths[group.share(len(paths))],
         height=options.height,
         width=options.width,
         batch_size=options.batch_size,
         num_workers=options.workers,
         device=options.device,
-        progress=options.progress,
+        progress=options.progress and group.leader,
     )
+    return group.gather_rows(rows, len(paths))
 
 
 class _TrainingState:
@@ -121,9 +131,10 @@ class _TrainingState:
         generator: torch.Generator,
         pretrained: str,
         fingerprint: str,
+        group: Group,
     ) -> None:
-        self.stage, self.meta, self.options = stage, meta, options
-        self.device = resolve_device(options.device)
+        self.stage, self.meta, self.options, self.group = stage, meta, options, group
+        self.device = group.device if group.distributed else resolve_device(options.device)
         self.amp_dtype = resolve_amp("auto", self.device)
         self.model = model.to(self.device)
         self.losses = {name: term.to(self.device) for name, term in losses.items()}
@@ -148,8 +159,13 @@ class _TrainingState:
     def load(self, state: dict, *, rng: bool) -> None:
         """Carry on from a checkpoint's optimizer, scheduler, loss terms, epoch and history (and
         with ``rng`` its random state: a resumed job, not the next round)."""
+        # a checkpoint of an optimizer that was not fused (written before it was) carries on
+        # fused, with its step counts on the device as the fused step keeps them
+        optimizer = state["optimizer"]
+        groups = [{**group, "fused": True, "foreach": None} for group in optimizer["param_groups"]]
         self.checkpointer.restore(
-            state, ("optimizer", "scheduler", "losses") + (("rng",) if rng else ())
+            {**state, "optimizer": {**optimizer, "param_groups": groups}},
+            ("optimizer", "scheduler", "losses") + (("rng",) if rng else ()),
         )
         self.epoch = state["epoch"]
         self.history = list(state["history"])
@@ -197,10 +213,11 @@ class _TrainingState:
             workers=options.workers,
             generator=self.generator,
             pin_memory=device.type == "cuda",
+            group=self.group,
         )
         lr = self.optimizer.param_groups[0]["lr"]
         losses = train_epoch(
-            self.model,
+            self.group.wrap(self.model),
             active,
             loader,
             self.optimizer,
@@ -208,8 +225,11 @@ class _TrainingState:
             device=device,
             amp_dtype=self.amp_dtype,
             epoch=self.epoch,
-            progress=options.progress,
+            progress=options.progress and self.group.leader,
+            group=self.group,
         )
+        for module in (self.model, *self.losses.values()):
+            self.group.broadcast_buffers(module)
         self.scheduler.step()
         self.epoch += 1
         row = {
@@ -254,6 +274,47 @@ def train(
     every checkpoint and log row.
     """
     options.check()
+    job_arguments = {
+        "stage": stage,
+        "paths": list(paths),
+        "cameras": np.asarray(cameras, dtype=np.int64),
+        "init_state": init_state,
+        "options": options,
+        "prepare_epoch": prepare_epoch,
+        "build_losses": build_losses,
+        "camera_ids": tuple(int(camera) for camera in camera_ids),
+        "out_checkpoint": out_checkpoint,
+        "log_path": log_path,
+        "job": job,
+        "continue_from_init": continue_from_init,
+        "meta": dict(meta or {}),
+    }
+    if options.gpus == 1:
+        return _train(**job_arguments)
+    launch(options.gpus, resolve_device(options.device), functools.partial(_train, **job_arguments))
+    state = load_checkpoint(partial_path(out_checkpoint))
+    return TrainResult(model=model_from_checkpoint(state), state=state)
+
+
+def _train(
+    *,
+    stage: str,
+    paths: list[str],
+    cameras: np.ndarray,
+    init_state: dict,
+    options: TrainOptions,
+    prepare_epoch: PrepareEpoch,
+    build_losses: BuildLosses,
+    camera_ids: tuple[int, ...],
+    out_checkpoint: str | os.PathLike,
+    log_path: str | os.PathLike,
+    job: dict,
+    continue_from_init: bool,
+    meta: dict,
+) -> TrainResult:
+    """:func:`train`'s epochs in this process, which is one of a job's processes or its only
+    one."""
+    group = current()
     set_determinism(options.deterministic)
     fingerprint = job_hash(job)
     source = init_state if continue_from_init and "optimizer" in init_state else None
@@ -268,32 +329,38 @@ def train(
     if resumed is None:
         seed_everything(job_seed(options.seed, source["epoch"] if source else 0), generator)
     model = model_from_checkpoint(resumed or init_state)
-    cameras = np.asarray(cameras, dtype=np.int64)
     context = LossContext(
         feature_dim=model.feature_dim,
-        camera_ids=tuple(int(camera) for camera in camera_ids),
+        camera_ids=camera_ids,
         momentum=options.momentum,
         temperature=options.temperature,
         memory_update=options.memory_update,
     )
     state = _TrainingState(
         stage=stage,
-        meta=dict(meta or {}),
+        meta=meta,
         model=model,
         losses=build_losses(context),
         options=options,
         generator=generator,
         pretrained=init_state.get("pretrained", "none"),
         fingerprint=fingerprint,
+        group=group,
     )
     if source is not None:
         _check_continuation(source, state.losses)
         # after building the loss terms, whose initialisation draws random numbers
         state.load(source, rng=resumed is not None)
 
-    paths = list(paths)
     while state.epoch < end_epoch:
-        row = state.train_epoch(prepare_epoch(state.model, state.epoch), paths, cameras)
+        data = prepare_epoch(state.model, state.epoch)
+        # every process trains on rank 0's labels, whatever the clustering does
+        data.labels = group.broadcast(data.labels)
+        if data.weights is not None:
+            data.weights = group.broadcast(data.weights)
+        row = state.train_epoch(data, paths, cameras)
+        if not group.leader:
+            continue
         save_checkpoint(partial, state.snapshot())
         write_log(state.history, partial_log_path(out_checkpoint, log_path))
         terms = ", ".join(

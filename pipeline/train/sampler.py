@@ -7,6 +7,11 @@ instances are drawn round-robin over its cameras (in random order, each camera's
 shuffled), so they come from min(K, cameras of the cluster) different cameras: the positives
 the loss sees are cross-camera ones whenever the cluster has them. A cluster smaller than K
 repeats images.
+
+In a job of several processes (:mod:`pipeline.train.distributed`) every process draws the same
+global batches from identically seeded generators and takes its own slice of their clusters:
+process ``rank`` of ``world`` gets the clusters ``rank * P/world .. (rank + 1) * P/world - 1``
+with their K instances each, so that the slices in rank order are the batch of one process.
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from pipeline.errors import PipelineError
+
 
 class IdentitySampler(Sampler[list[int]]):
     """Yields ``iters`` batches of positions into ``labels`` (labels >= 0, contiguous), of
     ``batch_size // instances`` clusters (fewer if there are fewer) x ``instances``.
 
     ``iters=0`` means one pass over the samples: ceil(N / batch_size) batches. All randomness
-    comes from ``generator``, so a seed (or a restored generator state) fixes the batches.
+    comes from ``generator``, so a seed (or a restored generator state) fixes the batches. With
+    ``world`` > 1 the batch's clusters are a multiple of ``world`` and the sampler yields the
+    share of process ``rank`` (module docstring); it draws the same numbers for any ``rank``.
     """
 
     def __init__(
@@ -35,12 +44,21 @@ class IdentitySampler(Sampler[list[int]]):
         instances: int,
         iters: int,
         generator: torch.Generator,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         labels = np.asarray(labels)
         cameras = np.asarray(cameras)
         self.n_clusters = int(labels.max()) + 1
         self.instances = instances
-        self.identities = min(batch_size // instances, self.n_clusters)
+        identities = min(batch_size // instances, self.n_clusters)
+        self.identities = identities - identities % world
+        if self.identities == 0:
+            raise PipelineError(
+                f"{self.n_clusters} cluster(s) cannot fill a batch of identities shared by "
+                f"{world} training processes; train on fewer GPUs (train.gpus, --gpus)"
+            )
+        self.rank, self.world = rank, world
         self.iters = iters or -(-len(labels) // batch_size)
         self.generator = generator
         # members[k] = one tensor of positions per camera of cluster k
@@ -82,4 +100,6 @@ class IdentitySampler(Sampler[list[int]]):
                 cluster = queue.pop()
                 (deferred if cluster in batch_clusters else batch_clusters).append(cluster)
             queue.extend(deferred)
-            yield [p for cluster in batch_clusters for p in self.instances_of(cluster)]
+            drawn = [self.instances_of(cluster) for cluster in batch_clusters]
+            share = len(drawn) // self.world
+            yield [p for positions in drawn[self.rank * share :][:share] for p in positions]

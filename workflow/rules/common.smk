@@ -135,6 +135,15 @@ def runtime(*keys):
     return cli({key: config[key] for key in keys})
 
 
+def on_gpus(command):
+    """The shell line ``command`` of a job that asks for ``resources.gpu`` GPUs, run on GPUs of
+    its own: on a workstation `python -m pipeline.devices run` claims that many free GPU slots
+    and points CUDA_VISIBLE_DEVICES at them (pipeline/devices.py); under SLURM, whose scheduler
+    already isolates the job's GPUs, and for a job that asks for none, it runs the command as
+    it is. With `device: cpu` the command alone."""
+    return f"python -m pipeline.devices run --gpus {{resources.gpu}} -- {command}" if GPU else command
+
+
 def quoted(*paths):
     return " ".join(shlex.quote(str(path)) for path in paths)
 

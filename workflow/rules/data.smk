@@ -76,8 +76,10 @@ rule init_model:
         runtime=30,
         gpu=GPU if CALIBRATE_BN else 0,
     shell:
-        "python -m pipeline init-model {params.opts} {params.calibration} --out {output:q}"
-        " > {log:q} 2>&1"
+        on_gpus(
+            "python -m pipeline init-model {params.opts} {params.calibration} --out {output:q}"
+            " > {log:q} 2>&1"
+        )
 
 
 rule extract:
@@ -110,5 +112,7 @@ rule extract:
         runtime=60,
         gpu=GPU,
     shell:
-        "python -m pipeline extract --index {input.index:q} --checkpoint {input.model:q}"
-        " --split {wildcards.split} {params.opts} --out {output:q} > {log:q} 2>&1"
+        on_gpus(
+            "python -m pipeline extract --index {input.index:q} --checkpoint {input.model:q}"
+            " --split {wildcards.split} {params.opts} --out {output:q} > {log:q} 2>&1"
+        )

@@ -22,7 +22,11 @@ rule evaluate:
     params:
         code=code("evaluate"),
         opts=" ".join(
-            [f"--dataset {quoted(config['dataset']['name'])}", cli(config["evaluate"], "evaluate")]
+            [
+                f"--dataset {quoted(config['dataset']['name'])}",
+                cli(config["evaluate"], "evaluate"),
+                runtime("device", "deterministic"),
+            ]
         ),
     log:
         "{model}.metrics.log",
@@ -36,10 +40,13 @@ rule evaluate:
     resources:
         mem_mb=8000,
         runtime=60,
+        gpu=GPU,
     shell:
-        "python -m pipeline evaluate --index {input.index:q} --query-features {input.query:q}"
-        " --gallery-features {input.gallery:q} {params.opts} --out {output.metrics:q}"
-        " --per-query {output.per_query:q} > {log:q} 2>&1"
+        on_gpus(
+            "python -m pipeline evaluate --index {input.index:q} --query-features {input.query:q}"
+            " --gallery-features {input.gallery:q} {params.opts} --out {output.metrics:q}"
+            " --per-query {output.per_query:q} > {log:q} 2>&1"
+        )
 
 
 rule compare:

@@ -19,6 +19,7 @@ rule cluster_global:
             [
                 clusterer_options(w.exp),
                 cli({"knn": EXPERIMENTS[w.exp]["knn"]}, "inter"),
+                runtime("device"),
                 cli({"seed": int(w.seed)}),
             ]
         ),
@@ -33,13 +34,17 @@ rule cluster_global:
     resources:
         mem_mb=8000,
         runtime=60,
+        # the neighbour search runs on the GPU (pipeline/cluster/knn.py)
+        gpu=GPU,
     group:
         "round"
     shell:
-        "python -m pipeline cluster-global --features {input.features:q} {params.local_labels}"
-        " {params.opts}"
-        " --out {output.clusters:q} --summary {output.summary:q}"
-        " --out-neighbours {output.neighbours:q} > {log:q} 2>&1"
+        on_gpus(
+            "python -m pipeline cluster-global --features {input.features:q}"
+            " {params.local_labels} {params.opts}"
+            " --out {output.clusters:q} --summary {output.summary:q}"
+            " --out-neighbours {output.neighbours:q} > {log:q} 2>&1"
+        )
 
 
 rule refine:
@@ -109,9 +114,11 @@ rule train_inter:
     resources:
         mem_mb=16000,
         runtime=240,
-        gpu=GPU,
+        gpu=lambda w: GPU * EXPERIMENTS[w.exp]["train"]["gpus"],
     shell:
-        "python -m pipeline train-inter --index {input.index:q} --labels {input.labels:q}"
-        " --refine-summary {input.summary:q} --init {input.init:q} {params.local_labels}"
-        " {params.opts}"
-        " --out-checkpoint {output.model:q} --log {output.log:q} > {log:q} 2>&1"
+        on_gpus(
+            "python -m pipeline train-inter --index {input.index:q} --labels {input.labels:q}"
+            " --refine-summary {input.summary:q} --init {input.init:q} {params.local_labels}"
+            " {params.opts}"
+            " --out-checkpoint {output.model:q} --log {output.log:q} > {log:q} 2>&1"
+        )

@@ -58,12 +58,14 @@ rule train_intra:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=GPU,
+        gpu=GPU * config["intra"]["train"]["gpus"],
     shell:
-        "python -m pipeline train-intra --index {input.index:q} --camera {wildcards.cam}"
-        " --init {input.init:q} --initial-labels {input.labels:q} {params.opts}"
-        " --out-checkpoint {output.checkpoint:q} --out-labels {output.labels:q}"
-        " --log {output.log:q} > {log:q} 2>&1"
+        on_gpus(
+            "python -m pipeline train-intra --index {input.index:q} --camera {wildcards.cam}"
+            " --init {input.init:q} --initial-labels {input.labels:q} {params.opts}"
+            " --out-checkpoint {output.checkpoint:q} --out-labels {output.labels:q}"
+            " --log {output.log:q} > {log:q} 2>&1"
+        )
 
 
 rule collect_local_labels:
