@@ -251,7 +251,7 @@ def test_curves_plot_the_present_columns_only():
     metrics = pd.DataFrame([metrics_row(epoch=2), metrics_row(epoch=2, reranking=True)])
     fig = plot_curves(epochs, metrics, "t")
     loss, clusters, refine, retrieval = fig.axes[:4]
-    assert [line.get_label() for line in loss.lines] == ["total (Eq. 9)"]
+    assert [line.get_label() for line in loss.lines] == ["total (weighted sum, Eq. 9)"]
     assert [line.get_label() for line in clusters.lines] == ["global clusters"]
     assert "not available" in refine.texts[0].get_text()
     assert [line.get_label() for line in retrieval.lines] == [
