@@ -78,6 +78,21 @@ def test_schema_of_a_settings_class_validates_and_fills_defaults():
         command_line({"counts": 1}, section)
 
 
+def test_a_workflow_only_setting_has_a_config_key_and_no_flag():
+    """evaluate.every_round says which jobs run: the workflow reads it, `pipeline evaluate`
+    neither takes nor receives it."""
+    from pipeline.stages.evaluate import EvaluateOptions
+
+    section = settings.schema(EvaluateOptions)
+    assert section["properties"]["every_round"]["default"] is False
+    assert "flag" not in section["properties"]["every_round"]
+    assert command_line({"max_rank": 20, "every_round": True}, section) == "--max-rank 20"
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser, EvaluateOptions)
+    assert "--every-round" not in parser.format_help()
+    assert settings.from_args(EvaluateOptions, parser.parse_args([])) == EvaluateOptions()
+
+
 def other_value(schema: dict, default):
     """A valid value different from ``default`` for a leaf schema."""
     if "enum" in schema:
@@ -181,6 +196,7 @@ def nondefault_config() -> tuple[dict, dict]:
     key = ("dataset", "min_images_per_camera")
     expected[key] = (expected[key][0], smallest)
     config["inter"].update(epochs=3, epochs_per_round=2)
+    config["evaluate"]["every_round"] = True  # the workflow's: no flag, not among `expected`
     config["intra"]["epochs"] = 5
     config["experiments"] = {
         "a": {
@@ -289,6 +305,16 @@ def test_every_setting_reaches_the_commands_of_the_rules_that_use_it(tmp_path):
     assert all("--total-epochs 3" in c for c in commands["train_inter"])
     assert any(f"out/b/seed{SEED}/round1/model.pt" in c for c in commands["train_inter"])
     assert all("--baseline b " in c for c in commands["compare"])
+    # evaluate.every_round: each experiment's first round (of 2) is evaluated too, with the same
+    # options, and reaches the report only
+    evaluated = {c.split("--out ")[1].split()[0] for c in commands["evaluate"]}
+    assert {f"out/{exp}/seed{SEED}/round0/model.metrics.csv" for exp in "abc"} < evaluated
+    assert not any("every-round" in c for c in commands["evaluate"])
+    assert all(
+        f"--round-metrics out/{c.split('--experiment ')[1].split()[0]}/seed{SEED}/round0/" in c
+        for c in commands["report"]
+    )
+    assert not any("round0" in c for c in commands["compare"])
     # the local labels go to the association clusterer and to the terms that need them (on
     # here in every experiment), and nowhere else
     local = f"--local-labels out/shared/seed{SEED}/intra/local_labels.csv"
