@@ -101,8 +101,9 @@ def command_line(values: dict, section: dict, only: tuple[str, ...] | None = Non
     """The options that pass a config section's ``values`` to a stage, quoted for the shell.
 
     ``section`` is the section's schema (a generated settings schema: each property names its
-    ``flag``); ``only`` restricts the keys passed. A boolean becomes ``--flag`` or
-    ``--no-flag``, None is left out (the stage's default), floats keep their full precision.
+    ``flag``); ``only`` restricts the keys passed. A key without a flag is the workflow's own
+    (a workflow-only setting) and is left out. A boolean becomes ``--flag`` or ``--no-flag``,
+    None is left out (the stage's default), floats keep their full precision.
     """
     properties = section["properties"]
     unknown = sorted(set(values) - set(properties))
@@ -110,9 +111,9 @@ def command_line(values: dict, section: dict, only: tuple[str, ...] | None = Non
         raise KeyError(f"no setting(s) {', '.join(unknown)} in this section")
     words = []
     for name, value in values.items():
-        if (only is not None and name not in only) or value is None:
+        flag = properties[name].get("flag")
+        if (only is not None and name not in only) or value is None or flag is None:
             continue
-        flag = properties[name]["flag"]
         if isinstance(value, bool):
             words.append(flag if value else "--no-" + flag.removeprefix("--"))
         else:

@@ -86,10 +86,12 @@ def setting(
     nullable: bool = False,
     pattern: str | None = None,
     flag: str | None = None,
+    workflow_only: bool = False,
 ) -> Any:
     """A dataclass field that is a setting: its default, its meaning (the flag's help and the
     schema's description) and its bounds. ``flag`` overrides the command-line name
-    (default: ``--<name with dashes>``)."""
+    (default: ``--<name with dashes>``). A ``workflow_only`` setting is read by the workflow,
+    not by the stage (which jobs run): it has a config key and no command-line flag."""
     bounds = Bounds(
         minimum,
         maximum,
@@ -100,7 +102,15 @@ def setting(
         pattern,
     )
     return dataclasses.field(
-        default=default, metadata={_METADATA: {"help": help, "bounds": bounds, "flag": flag}}
+        default=default,
+        metadata={
+            _METADATA: {
+                "help": help,
+                "bounds": bounds,
+                "flag": flag,
+                "workflow_only": workflow_only,
+            }
+        },
     )
 
 
@@ -114,6 +124,7 @@ class Setting:
     help: str
     bounds: Bounds
     flag: str
+    workflow_only: bool = False
 
     @property
     def dest(self) -> str:
@@ -133,7 +144,17 @@ def settings_of(cls: type) -> tuple[Setting, ...]:
         if typing.get_origin(kind) in (typing.Union, types.UnionType):
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
         flag = meta["flag"] or "--" + field.name.replace("_", "-")
-        out.append(Setting(field.name, kind, field.default, meta["help"], meta["bounds"], flag))
+        out.append(
+            Setting(
+                field.name,
+                kind,
+                field.default,
+                meta["help"],
+                meta["bounds"],
+                flag,
+                meta["workflow_only"],
+            )
+        )
     return tuple(out)
 
 
@@ -141,9 +162,12 @@ def settings_of(cls: type) -> tuple[Setting, ...]:
 def add_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, title: str | None = None
 ) -> None:
-    """One flag per setting of ``cls`` (in an argument group named ``title``, if given)."""
+    """One flag per setting of ``cls`` (in an argument group named ``title``, if given); none
+    for a workflow-only setting."""
     group = parser.add_argument_group(title) if title else parser
     for item in settings_of(cls):
+        if item.workflow_only:
+            continue
         notes = [] if item.default is None else [f"default: {_word(item.default)}"]
         if item.bounds.choices is not None:  # checked by from_args, so errors name the flag
             notes.insert(0, "one of: " + ", ".join(map(str, item.bounds.choices)))
@@ -206,7 +230,8 @@ SCHEMA_HEADER = (
 
 def schema(cls: type) -> dict:
     """The JSON schema of a config section holding the settings of ``cls``: every key with its
-    type, default, description, bounds and command-line ``flag``; unknown keys are errors."""
+    type, default, description, bounds and command-line ``flag`` (none for a workflow-only
+    setting); unknown keys are errors."""
     properties = {}
     for item in settings_of(cls):
         kind = _JSON_TYPES[item.type]
@@ -214,8 +239,9 @@ def schema(cls: type) -> dict:
             "type": [kind, "null"] if item.bounds.nullable else kind,
             "default": item.default,
             "description": item.help,
-            "flag": item.flag,
         }
+        if not item.workflow_only:
+            entry["flag"] = item.flag
         for key, bound in (
             ("minimum", item.bounds.minimum),
             ("maximum", item.bounds.maximum),

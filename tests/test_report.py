@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from pipeline.errors import PipelineError
 from pipeline.features.store import FeatureSet, write_features
-from pipeline.report.curves import concat_train_logs, plot_curves
+from pipeline.report.curves import MONITORING_NOTE, concat_train_logs, plot_curves, retrieval_curve
 from pipeline.report.embedding import camera_bias, sample_rows, tsne_2d
 from pipeline.report.provenance import software_versions
 from pipeline.report.refinement import cluster_quality_table, plot_cluster_quality, round_table
@@ -251,7 +251,7 @@ def test_curves_plot_the_present_columns_only():
     metrics = pd.DataFrame([metrics_row(epoch=2), metrics_row(epoch=2, reranking=True)])
     fig = plot_curves(epochs, metrics, "t")
     loss, clusters, refine, retrieval = fig.axes[:4]
-    assert [line.get_label() for line in loss.lines] == ["total (Eq. 9)"]
+    assert [line.get_label() for line in loss.lines] == ["total (weighted sum, Eq. 9)"]
     assert [line.get_label() for line in clusters.lines] == ["global clusters"]
     assert "not available" in refine.texts[0].get_text()
     assert [line.get_label() for line in retrieval.lines] == [
@@ -261,6 +261,38 @@ def test_curves_plot_the_present_columns_only():
         "rank-1 (re-ranked)",
     ]
     assert retrieval.lines[0].get_ydata().tolist() == [50.0]
+
+
+def test_retrieval_curve_puts_every_round_in_epoch_order_with_the_delivered_model_last():
+    """Rounds of 4 epochs: the models after epochs 4 and 8 (evaluate.every_round, given in any
+    order) and the delivered one after epoch 12, evaluated with and without re-ranking."""
+    rounds = [
+        pd.DataFrame([metrics_row(epoch=8, mAP=0.3, rank1=0.4)]),
+        pd.DataFrame([metrics_row(epoch=4, mAP=0.2, rank1=0.3)]).drop(columns="reranking"),
+    ]
+    final = pd.DataFrame([metrics_row(epoch=12, reranking=True, mAP=0.6), metrics_row(epoch=12)])
+    curve = retrieval_curve([*rounds, final], ["r1.csv", "r0.csv", "final.csv"])
+    assert curve["epoch"].tolist() == [4, 8, 12, 12]
+    assert curve["mAP"].tolist() == [0.2, 0.3, 0.5, 0.6]
+    assert curve["reranking"].tolist() == [False, False, False, True]
+    assert curve["delivered"].tolist() == [False, False, True, True]
+    retrieval = plot_curves(pd.DataFrame({"epoch": [1]}), curve, "t").axes[3]
+    assert MONITORING_NOTE in retrieval.get_title()
+    assert retrieval.lines[0].get_xdata().tolist() == [4, 8, 12]
+    assert retrieval.lines[1].get_ydata().tolist() == [30.0, 40.0, 70.0]  # rank-1, %
+    # the delivered model alone: one point, nothing to monitor
+    alone = plot_curves(pd.DataFrame({"epoch": [1]}), retrieval_curve([final], ["f"]), "t")
+    assert alone.axes[3].get_title() == "Retrieval on query/gallery"
+
+
+def test_retrieval_curve_rejects_rounds_after_the_delivered_model_and_repeats():
+    final = pd.DataFrame([metrics_row(epoch=8)])
+    late = pd.DataFrame([metrics_row(epoch=8)])
+    with pytest.raises(PipelineError, match=r"r1.csv: epoch 8 is not before .* epoch 8 \(f.csv\)"):
+        retrieval_curve([late, final], ["r1.csv", "f.csv"])
+    twice = pd.DataFrame([metrics_row(epoch=4)])
+    with pytest.raises(PipelineError, match=r"r1.csv: epoch 4 is evaluated more than once"):
+        retrieval_curve([twice, twice, final], ["r0.csv", "r1.csv", "f.csv"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,6 +515,14 @@ def test_report_input_errors(report_inputs, tmp_path):
         report.run(report_args(report_inputs, out, refine_summaries=[missing]))
     with pytest.raises(PipelineError, match=r"no row for experiment 'other' \(found calr\)"):
         report.run(report_args(report_inputs, out, experiment="other"))
+    other = tmp_path / "other.metrics.csv"
+    pd.DataFrame([metrics_row(experiment="other", epoch=3)]).to_csv(other, index=False)
+    with pytest.raises(PipelineError, match=r"other.metrics.csv: no row for .*--round-metrics"):
+        report.run(report_args(report_inputs, out, round_metrics=[other]))
+    late = tmp_path / "late.metrics.csv"
+    pd.DataFrame([metrics_row(epoch=7)]).to_csv(late, index=False)
+    with pytest.raises(PipelineError, match=r"late.metrics.csv: epoch 7 is not before"):
+        report.run(report_args(report_inputs, out, round_metrics=[late]))
     with pytest.raises(PipelineError, match=r"hold different images"):
         report.run(report_args(report_inputs, out, features_after=report_inputs["query"]))
     with pytest.raises(PipelineError, match=r"--tsne-points must be 10 or more, got 3"):

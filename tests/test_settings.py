@@ -78,6 +78,21 @@ def test_schema_of_a_settings_class_validates_and_fills_defaults():
         command_line({"counts": 1}, section)
 
 
+def test_a_workflow_only_setting_has_a_config_key_and_no_flag():
+    """evaluate.every_round says which jobs run: the workflow reads it, `pipeline evaluate`
+    neither takes nor receives it."""
+    from pipeline.stages.evaluate import EvaluateOptions
+
+    section = settings.schema(EvaluateOptions)
+    assert section["properties"]["every_round"]["default"] is False
+    assert "flag" not in section["properties"]["every_round"]
+    assert command_line({"max_rank": 20, "every_round": True}, section) == "--max-rank 20"
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser, EvaluateOptions)
+    assert "--every-round" not in parser.format_help()
+    assert settings.from_args(EvaluateOptions, parser.parse_args([])) == EvaluateOptions()
+
+
 def other_value(schema: dict, default):
     """A valid value different from ``default`` for a leaf schema."""
     if "enum" in schema:
@@ -174,7 +189,14 @@ def nondefault_config() -> tuple[dict, dict]:
         if path not in FIXED:
             expected[path] = (leaf["flag"], value)
     assert config["seed"] == SEED
+    # the start-up check (pipeline/data/validate.py): a camera of the smallest admitted size
+    # must split into two local clusters
+    smallest = 2 * config["intra"]["clustering"]["ratio"]
+    config["dataset"]["min_images_per_camera"] = smallest
+    key = ("dataset", "min_images_per_camera")
+    expected[key] = (expected[key][0], smallest)
     config["inter"].update(epochs=3, epochs_per_round=2)
+    config["evaluate"]["every_round"] = True  # the workflow's: no flag, not among `expected`
     config["intra"]["epochs"] = 5
     config["experiments"] = {
         "a": {
@@ -213,11 +235,13 @@ def lines_using(key_path: tuple, rule: str, commands: dict[str, list[str]]) -> l
         ("inter", "losses", "contrastive", "cluster_weights"): "/b/",
         ("inter", "losses", "contrastive", "first_epoch"): "/b/",
         ("inter", "losses", "camera", "enabled"): "/b/",
-        ("inter", "losses", "camera", "beta"): "/a/",
-        ("inter", "losses", "camera", "grl_lambda"): "/a/",
     }.get(key_path)
     if experiment is not None:
         return [line for line in lines if experiment in line]
+    if key_path[:3] == ("inter", "losses", "contrastive"):  # c switches the term off
+        return [line for line in lines if "/c/" not in line]
+    if key_path[:3] == ("inter", "losses", "camera"):  # on in a only
+        return [line for line in lines if "/a/" in line]
     return lines
 
 
@@ -263,7 +287,8 @@ def test_every_setting_reaches_the_commands_of_the_rules_that_use_it(tmp_path):
             (workdir / "out" / "demo-data").rmdir()
         path = workdir / "every.yaml"
         path.write_text(yaml.safe_dump(config))
-        result = snakemake(workdir, "--configfile", str(path), "-n", "-p")
+        # on a machine with enough GPUs: Snakemake caps a job's request at the profile's gpu: 1
+        result = snakemake(workdir, "--configfile", str(path), "--resources", "gpu=8", "-n", "-p")
         for rule, lines in planned_commands(result.stdout + result.stderr).items():
             commands.setdefault(rule, []).extend(lines)
     assert set(commands) >= set().union(*USED_BY.values()), sorted(commands)
@@ -280,6 +305,16 @@ def test_every_setting_reaches_the_commands_of_the_rules_that_use_it(tmp_path):
     assert all("--total-epochs 3" in c for c in commands["train_inter"])
     assert any(f"out/b/seed{SEED}/round1/model.pt" in c for c in commands["train_inter"])
     assert all("--baseline b " in c for c in commands["compare"])
+    # evaluate.every_round: each experiment's first round (of 2) is evaluated too, with the same
+    # options, and reaches the report only
+    evaluated = {c.split("--out ")[1].split()[0] for c in commands["evaluate"]}
+    assert {f"out/{exp}/seed{SEED}/round0/model.metrics.csv" for exp in "abc"} < evaluated
+    assert not any("every-round" in c for c in commands["evaluate"])
+    assert all(
+        f"--round-metrics out/{c.split('--experiment ')[1].split()[0]}/seed{SEED}/round0/" in c
+        for c in commands["report"]
+    )
+    assert not any("round0" in c for c in commands["compare"])
     # the local labels go to the association clusterer and to the terms that need them (on
     # here in every experiment), and nowhere else
     local = f"--local-labels out/shared/seed{SEED}/intra/local_labels.csv"
@@ -290,7 +325,9 @@ def test_every_setting_reaches_the_commands_of_the_rules_that_use_it(tmp_path):
     assert all(local in c for c in commands["train_inter"])
     # jobs on the GPU claim as many as they ask for (pipeline/devices.py); the others none
     gpus = config["intra"]["train"]["gpus"], config["inter"]["train"]["gpus"]
-    claims = {"extract": 1, "cluster_global": 1, "evaluate": 1, "init_model": 0}
+    # (the initial model needs one to calibrate its BatchNorm statistics only)
+    calibrating = int(config["model"]["calibrate_bn"])
+    claims = {"extract": 1, "cluster_global": 1, "evaluate": 1, "init_model": calibrating}
     claims.update(train_intra=gpus[0], train_inter=gpus[1])
     for rule, lines in commands.items():
         claim = f"python -m pipeline.devices run --gpus {claims.get(rule)} -- " * (rule in claims)

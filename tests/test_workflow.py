@@ -204,11 +204,10 @@ def test_a_config_file_replaces_the_demo_config(tmp_path):
     assert "--grl-lambda 0.1" in demo and "--weight-floor 0.5" in demo and "--k 6" in demo
 
 
-def test_replicates_share_the_jobs_that_do_not_depend_on_the_seed(tmp_path):
-    """With 3 replicates, a dry run (once the dataset index exists) plans the initial model,
-    its features and evaluation and the first intra-camera clustering once, and stage 1's
-    training, stage 2 and the evaluation of its final models once per seed."""
-    results = tmp_path / TINY_RESULTS
+def write_index(workdir: Path) -> None:
+    """A dataset index (2 training cameras) in the tiny run's results folder under ``workdir``,
+    so that a dry run plans every job after that checkpoint."""
+    results = workdir / TINY_RESULTS
     (results / "demo-data").mkdir(parents=True)
     (results / "shared").mkdir()
     pd.DataFrame(
@@ -219,6 +218,13 @@ def test_replicates_share_the_jobs_that_do_not_depend_on_the_seed(tmp_path):
             "split": ["train", "train", "query", "gallery"],
         }
     ).to_csv(results / "shared" / "index.csv", index=False)
+
+
+def test_replicates_share_the_jobs_that_do_not_depend_on_the_seed(tmp_path):
+    """With 3 replicates, a dry run (once the dataset index exists) plans the initial model,
+    its features and evaluation and the first intra-camera clustering once, and stage 1's
+    training, stage 2 and the evaluation of its final models once per seed."""
+    write_index(tmp_path)
     result = snakemake(tmp_path, "--configfile", str(TINY), "--config", "replicates=3", "-n")
     jobs = planned_jobs(result)
     count = {rule: sum(1 for r, _ in jobs if r == rule) for rule, _ in jobs}
@@ -235,6 +241,53 @@ def test_replicates_share_the_jobs_that_do_not_depend_on_the_seed(tmp_path):
     assert count["evaluate"] == 1 + 3 * 2 and count["report"] == 3 * 2
     for seed in (0, 1, 2):
         assert f"{TINY_RESULTS}/calr/seed{seed}/round1/model.metrics.csv" in {o for _, o in jobs}
+
+
+def test_every_round_evaluates_each_earlier_round_for_the_report_only(tmp_path):
+    """evaluate.every_round adds, per experiment and round before the last, one evaluation (and
+    its query and gallery features), read by the report and not by the comparison; off, it plans
+    none. CALR trains 3 rounds of 1 epoch here, the baseline the tiny config's 2."""
+    write_index(tmp_path)
+    planned = {}
+    for every_round in (False, True):
+
+        def change(config, every_round=every_round):
+            config["experiments"]["calr"]["epochs"] = 3
+            config["evaluate"] = {"every_round": every_round}
+
+        config = write_config(tmp_path, f"every_round_{every_round}.yaml", change)
+        result = snakemake(tmp_path, "--configfile", str(config), "-n", "-p")
+        planned[every_round] = (planned_jobs(result), result.stdout)
+    off, on = (
+        {(r, o) for r, o in jobs if r in ("evaluate", "extract")} for jobs, _ in planned.values()
+    )
+    earlier = [
+        f"{TINY_RESULTS}/{exp}/seed0/round{r}/model"
+        for exp, r in (("baseline", 0), ("calr", 0), ("calr", 1))
+    ]
+    assert on - off == {
+        (rule, f"{model}.{name}")
+        for model in earlier
+        for rule, name in (
+            ("evaluate", "metrics.csv"),
+            ("extract", "query.h5"),
+            ("extract", "gallery.h5"),
+        )
+    }
+    assert off <= on and {o for r, o in off if r == "evaluate"} == {
+        f"{TINY_RESULTS}/{name}.metrics.csv"
+        for name in ("shared/model_init", "baseline/seed0/round1/model", "calr/seed0/round2/model")
+    }
+    commands = planned[True][1].splitlines()
+    reports = [c for c in commands if "python -m pipeline report" in c]
+    assert [c.count("--round-metrics") for c in reports] == [1, 1]
+    assert any(
+        "calr/seed0/round0/model.metrics.csv" in c and "round1/model.metrics.csv" in c
+        for c in reports
+    )
+    (compare,) = [c for c in commands if "python -m pipeline compare" in c]
+    assert "round0" not in compare and "calr/seed0/round2/model.metrics.csv" in compare
+    assert "--round-metrics" not in planned[False][1]
 
 
 def project_copy(tmp_path: Path) -> Path:

@@ -2,7 +2,9 @@
 
 The training log of each round is one table with a row per epoch (docs/formats.md); the rounds
 are concatenated in order into one table, which is both ``epochs.csv`` and the curves' data.
-Columns other than ``epoch`` are optional: a panel whose columns are all absent says so.
+Columns other than ``epoch`` are optional: a panel whose columns are all absent says so. The
+retrieval panel plots the delivered model's metrics and, with ``evaluate.every_round``, those
+of every earlier round's model (:func:`retrieval_curve`), for monitoring only.
 """
 
 from __future__ import annotations
@@ -64,6 +66,51 @@ def concat_train_logs(logs: Sequence[pd.DataFrame], sources: Sequence[str]) -> p
     return table[first + [c for c in table.columns if c not in first]]
 
 
+MONITORING_NOTE = "monitoring only: the delivered model is the last epoch's"
+
+
+def retrieval_curve(metrics: Sequence[pd.DataFrame], sources: Sequence[str]) -> pd.DataFrame:
+    """The retrieval panel's points: the rows of the metrics tables ``metrics`` (columns of
+    metrics.csv), the last table the delivered model's and the others those of earlier rounds'
+    models, in epoch order, with a ``delivered`` column (True: the last table's last epoch).
+
+    Every earlier round's epoch must come before the delivered model's, and no epoch may be
+    evaluated twice with the same ``reranking`` (absent: no re-ranking). ``sources`` names each
+    table (its file) in error messages.
+    """
+    *rounds, final = metrics
+    *round_sources, final_source = sources
+    delivered = final["epoch"].max() if len(final) else None
+    for table, source in zip(rounds, round_sources, strict=True):
+        if delivered is not None and (table["epoch"] >= delivered).any():
+            raise PipelineError(
+                f"{source}: epoch {table['epoch'].max()} is not before the delivered model's epoch "
+                f"{delivered} ({final_source}); pass the metrics of the rounds before the last "
+                "(option --round-metrics)"
+            )
+    frames = [
+        table.assign(
+            reranking=table["reranking"].astype(bool) if "reranking" in table else False,
+            source=source,
+        )
+        for table, source in zip(metrics, sources, strict=True)
+        if len(table)
+    ]
+    if not frames:
+        return final.assign(delivered=pd.Series(dtype=bool))
+    curve = pd.concat(frames, ignore_index=True)
+    repeated = curve[curve.duplicated(["epoch", "reranking"])]
+    if len(repeated):
+        first = repeated.iloc[0]
+        raise PipelineError(
+            f"{first['source']}: epoch {first['epoch']} is evaluated more than once with "
+            f"reranking={first['reranking']}; pass each round's metrics once (options --metrics "
+            "and --round-metrics)"
+        )
+    curve = curve.sort_values(["epoch", "reranking"], kind="stable", ignore_index=True)
+    return curve.drop(columns="source").assign(delivered=curve["epoch"] == delivered)
+
+
 def _plot_columns(
     ax: Axes, frame: pd.DataFrame, columns: dict[str, str], title: str, ylabel: str
 ) -> None:
@@ -95,7 +142,9 @@ def plot_curves(epochs: pd.DataFrame, metrics: pd.DataFrame | None, title: str) 
     ratio and discard probability p (Eq. 5); mAP and rank-1 of the evaluated models.
 
     ``epochs`` is :func:`concat_train_logs`' table; ``metrics`` has the columns of metrics.csv
-    (``epoch``, ``mAP``, ``rank1``, optional ``reranking``) or is None.
+    (``epoch``, ``mAP``, ``rank1``, optional ``reranking``), such as :func:`retrieval_curve`'s
+    table, or is None. A panel with more than one evaluated epoch says it is for monitoring
+    only.
     """
     fig = new_figure(12, 8)
     fig.suptitle(title)
@@ -115,6 +164,8 @@ def _plot_metrics(ax: Axes, metrics: pd.DataFrame | None) -> None:
         show_not_available(ax, "mAP (no evaluated model)")
         return
     metrics = metrics.sort_values("epoch", kind="stable")
+    if metrics["epoch"].nunique() > 1:
+        ax.set_title(f"Retrieval on query/gallery\n({MONITORING_NOTE})")
     reranking = metrics["reranking"] if "reranking" in metrics else pd.Series(False, metrics.index)
     for reranked, rows in metrics.groupby(reranking.astype(bool), sort=True):
         suffix = " (re-ranked)" if reranked else ""

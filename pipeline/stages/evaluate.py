@@ -54,6 +54,12 @@ class EvaluateOptions:
     max_rank: int = setting(
         10, "largest CMC rank computed and logged (the table reports rank-1, 5, 10)", minimum=10
     )
+    every_round: bool = setting(
+        False,
+        "also evaluate the model of every round before the last, for the report's retrieval "
+        "curve: monitoring only, the delivered model and the comparison stay the last epoch's",
+        workflow_only=True,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

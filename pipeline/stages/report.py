@@ -1,7 +1,8 @@
 """Write one experiment's report: curves, cluster quality, t-SNE by camera, retrieval, summary.
 
 Reads the training logs and refine summaries of every round, the training features before and
-after training, the final query and gallery features and metrics.csv, and writes into --out-dir
+after training, the final query and gallery features and metrics.csv (with --round-metrics also
+the metrics of earlier rounds' models, plotted for monitoring only), and writes into --out-dir
 (each file atomically): curves.png, cluster_quality.png and .csv, tsne_cameras.png,
 retrieval.png, epochs.csv and summary.md. Optional log columns and summary keys that are absent
 make their panel say "not available"; a missing input file is an error.
@@ -25,6 +26,8 @@ from pipeline.runtime import Seed
 from pipeline.settings import setting
 
 if TYPE_CHECKING:  # the report modules import matplotlib: only inside run(), for a fast --help
+    import pandas as pd
+
     from pipeline.report.embedding import CameraBias
     from pipeline.report.retrieval import RetrievalRow
 
@@ -69,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query", required=True, type=Path, help="query features, final model")
     parser.add_argument("--gallery", required=True, type=Path, help="gallery features, final model")
     parser.add_argument("--metrics", required=True, type=Path, help="the experiment's metrics.csv")
+    parser.add_argument(
+        "--round-metrics",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="metrics.csv of each round's model before the last, plotted against its epoch for "
+        "monitoring only (the summary reports the delivered model, the last epoch's)",
+    )
     parser.add_argument("--out-dir", required=True, type=Path, help="folder of the report files")
     settings.add_arguments(parser, ReportOptions, "report")
     settings.add_arguments(parser, Seed, "seed (samples, t-SNE)")
@@ -88,6 +99,21 @@ def read_summary(path: Path) -> dict:
             "rerun `pipeline refine`"
         )
     return summary
+
+
+def experiment_rows(
+    metrics: pd.DataFrame, experiment: str, source: Path, option: str
+) -> pd.DataFrame:
+    """The rows of ``experiment`` in a metrics table read from ``source`` (passed with
+    ``option``); an error when the table holds only other experiments' rows."""
+    own = metrics[metrics["experiment"].astype(str) == experiment]
+    if len(metrics) and own.empty:
+        raise PipelineError(
+            f"{source}: no row for experiment {experiment!r} (found "
+            f"{', '.join(sorted(metrics['experiment'].astype(str).unique()))}); pass this "
+            f"experiment's metrics.csv (option {option})"
+        )
+    return own
 
 
 def load_thumbnail(path: str) -> np.ndarray:
@@ -155,7 +181,7 @@ def retrieval_rows(
 def run(args: argparse.Namespace) -> None:
     from pipeline.features.store import read_features
     from pipeline.io import atomic_output, write_table
-    from pipeline.report.curves import concat_train_logs, plot_curves
+    from pipeline.report.curves import concat_train_logs, plot_curves, retrieval_curve
     from pipeline.report.embedding import plot_camera_embedding, sample_rows
     from pipeline.report.figures import save_figure
     from pipeline.report.refinement import cluster_quality_table, plot_cluster_quality, round_table
@@ -173,15 +199,13 @@ def run(args: argparse.Namespace) -> None:
         [str(path) for path in args.train_logs],
     )
     summaries = [read_summary(path) for path in args.refine_summaries]
-    metrics = METRICS.read(args.metrics)
-    own = metrics[metrics["experiment"].astype(str) == args.experiment]
-    if len(metrics) and own.empty:
-        raise PipelineError(
-            f"{args.metrics}: no row for experiment {args.experiment!r} (found "
-            f"{', '.join(sorted(metrics['experiment'].astype(str).unique()))}); pass this "
-            "experiment's metrics.csv (option --metrics)"
-        )
+    own = experiment_rows(METRICS.read(args.metrics), args.experiment, args.metrics, "--metrics")
     final = final_metrics(own, str(args.metrics)) if len(own) else None
+    rounds = [
+        experiment_rows(METRICS.read(path), args.experiment, path, "--round-metrics")
+        for path in args.round_metrics
+    ]
+    curve = retrieval_curve([*rounds, own], [str(p) for p in (*args.round_metrics, args.metrics)])
     before = read_features(args.features_before, index)
     after = read_features(args.features_after, index)
     if not np.array_equal(before.index_row, after.index_row):
@@ -196,7 +220,7 @@ def run(args: argparse.Namespace) -> None:
     out = args.out_dir
     title = f"experiment {args.experiment}"
     write_table(epochs, out / "epochs.csv")
-    save_figure(plot_curves(epochs, own, f"{title}: training"), out / "curves.png")
+    save_figure(plot_curves(epochs, curve, f"{title}: training"), out / "curves.png")
 
     quality = cluster_quality_table(summaries)
     write_table(quality, out / "cluster_quality.csv")

@@ -228,14 +228,30 @@ def run_dir(exp, seed):
     return f"{RESULTS}/{exp}/seed{seed}"
 
 
+def round_model(exp, seed, r):
+    """Checkpoint (without .pt) that round r trains."""
+    return f"{run_dir(exp, seed)}/round{r}/model"
+
+
 def model_before_round(exp, seed, r):
     """Checkpoint (without .pt) that round r starts from: the initial model, or round r-1's."""
     r = int(r)
-    return f"{SHARED}/model_init" if r == 0 else f"{run_dir(exp, seed)}/round{r - 1}/model"
+    return f"{SHARED}/model_init" if r == 0 else round_model(exp, seed, r - 1)
 
 
 def final_model(exp, seed):
-    return f"{run_dir(exp, seed)}/round{n_rounds(exp) - 1}/model"
+    return round_model(exp, seed, n_rounds(exp) - 1)
+
+
+def round_metrics(wildcards):
+    """With evaluate.every_round, the metrics of each round's model before the last (rule
+    evaluate), for the report's retrieval curve; else none, and no job evaluates them."""
+    if not config["evaluate"]["every_round"]:
+        return []
+    return [
+        f"{round_model(wildcards.exp, wildcards.seed, r)}.metrics.csv"
+        for r in range(n_rounds(wildcards.exp) - 1)
+    ]
 
 
 def round_features(wildcards):

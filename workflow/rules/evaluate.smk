@@ -1,6 +1,8 @@
 # Retrieval metrics (mAP, CMC, mINP) of a checkpoint on the query and gallery splits, and the
 # comparison across experiments and seeds. The delivered model of an experiment is its last
-# round's: nothing here selects a model on test data.
+# round's: nothing here selects a model on test data. With evaluate.every_round the report also
+# asks this rule for each earlier round's metrics (common.smk, round_metrics), which it plots for
+# monitoring only; the comparison reads the last round's.
 
 # the evaluated models (checkpoints without .pt): the initial one, shared by every seed, then
 # each experiment's final model for each seed

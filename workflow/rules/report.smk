@@ -39,9 +39,13 @@ rule report:
         query=lambda w: f"{final_model(w.exp, w.seed)}.query.h5",
         gallery=lambda w: f"{final_model(w.exp, w.seed)}.gallery.h5",
         metrics=lambda w: f"{final_model(w.exp, w.seed)}.metrics.csv",
+        round_metrics=round_metrics,
     params:
         code=code("report"),
         opts=lambda w: " ".join([cli(config["report"], "report"), cli({"seed": int(w.seed)})]),
+        round_metrics=lambda w, input: (
+            f"--round-metrics {quoted(*input.round_metrics)}" if input.round_metrics else ""
+        ),
         out_dir=lambda w, output: quoted(Path(output.summary).parent),
     log:
         f"{LOGS}/{{exp}}/seed{{seed}}/report.log",
@@ -58,4 +62,4 @@ rule report:
         " --train-logs {input.log:q} --refine-summaries {input.summaries:q}"
         " --features-before {input.before:q} --features-after {input.after:q}"
         " --query {input.query:q} --gallery {input.gallery:q} --metrics {input.metrics:q}"
-        " {params.opts} --out-dir {params.out_dir} > {log:q} 2>&1"
+        " {params.round_metrics} {params.opts} --out-dir {params.out_dir} > {log:q} 2>&1"
