@@ -87,6 +87,11 @@ def test_paths_with_spaces_quotes_and_semicolons_are_quoted(tiny_workflow):
         ({"results": ""}, "key results: '' should be non-empty"),
         ({"results": str(ROOT / "pipeline")}, "inside the project's own folders"),
         ({"experiments": {"shared": {}}}, "experiment name(s) shared are the workflow's own"),
+        # the profile's gpu: 1 would cap the job's request without a word
+        (
+            {"device": "cuda", "inter": {"train": {"gpus": 2}}},
+            "train.gpus 2 but this run may use 1 GPU(s)",
+        ),
     ],
 )
 def test_unsafe_results_folders_and_reserved_experiment_names_are_refused(

@@ -99,6 +99,18 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
 
 # A job asks the scheduler for a GPU unless the config says to run on the CPU.
 GPU = 0 if config["device"] == "cpu" else 1
+# Snakemake would cap a job's GPU request at the run's gpu resource without a word, and the
+# training job would then claim fewer GPUs than its processes use: refused at start-up instead.
+_gpus_asked = max(
+    [config["intra"]["train"]["gpus"]] + [exp["train"]["gpus"] for exp in EXPERIMENTS.values()]
+)
+_gpus_given = getattr(workflow.global_resources.get("gpu"), "value", None)
+if GPU and isinstance(_gpus_given, int) and _gpus_asked > _gpus_given:
+    raise WorkflowError(
+        f"Invalid configuration: train.gpus {_gpus_asked} but this run may use {_gpus_given} "
+        f"GPU(s) (resources gpu in the profile, or --resources gpu=N); raise it to {_gpus_asked} "
+        "or lower train.gpus"
+    )
 # Whether the initial encoder's BatchNorm statistics are estimated on the training images.
 CALIBRATE_BN = config["model"]["calibrate_bn"]
 # On the CPU, OpenMP threads that spin between operations steal the cores of the jobs next to
