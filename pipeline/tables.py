@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.evaluate.metrics import METRICS as SCORED_METRICS
 from pipeline.io import read_table
 
 SPLITS = ("train", "query", "gallery")
@@ -275,7 +276,7 @@ PER_QUERY = Table(
     (_int("query"), _int("pid"), _float("ap"), _float("inp"), _int("first_rank")),
 )
 # the metrics of the comparison with uncertainty (pipeline.evaluate.uncertainty computes them)
-COMPARED_METRICS = ("mAP", "rank1", "rank5", "mINP")
+COMPARED_METRICS = SCORED_METRICS
 COMPARISON = Table(
     "comparison",
     "`pipeline compare`",

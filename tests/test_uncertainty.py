@@ -13,11 +13,11 @@ from PIL import Image
 from scipy import stats
 
 from pipeline.errors import PipelineError
+from pipeline.evaluate.metrics import QueryScores
 from pipeline.evaluate.uncertainty import (
     BETTER,
     UNCLEAR,
     WORSE,
-    QueryScores,
     bootstrap_interval,
     check_same_queries,
     identity_bootstrap,

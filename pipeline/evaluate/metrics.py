@@ -29,7 +29,7 @@ compared in float32 and must be finite.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -47,6 +47,10 @@ DEFAULT_BLOCK_BYTES = 256 * 2**20
 TIE_BLOCK_CELLS = 2**24  # gallery cells compared at once when counting equal-distance images
 
 
+# the metrics a run is scored and compared by (pipeline.evaluate.uncertainty)
+METRICS = ("mAP", "rank1", "rank5", "mINP")
+
+
 @dataclass(frozen=True)
 class QueryScores:
     """Per-query results, one entry per query in query order (the input order).
@@ -54,9 +58,11 @@ class QueryScores:
     - ``pid``: the query's identity (int64);
     - ``ap``: its average precision (float64; NaN for a query without a valid match);
     - ``inp``: its inverse negative penalty, true matches / rank of the hardest one (float64;
-      NaN without a valid match);
+      NaN, or 0 as the per-query table stores it, without a valid match);
     - ``first_rank``: the 1-based rank of its first true match (int64; 0 without a valid match),
-      so that CMC at rank k is the fraction of valid queries with ``0 < first_rank <= k``.
+      so that CMC at rank k is the fraction of valid queries with ``0 < first_rank <= k``;
+    - ``query``: an id of each query, e.g. its row in the dataset index (default: 0..Q-1), by
+      which runs on the same test set are paired.
 
     A query is valid (counted in the means) exactly when ``first_rank > 0``.
     """
@@ -65,17 +71,55 @@ class QueryScores:
     ap: np.ndarray
     inp: np.ndarray
     first_rank: np.ndarray
+    query: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.query is None:
+            object.__setattr__(self, "query", np.arange(len(self.first_rank), dtype=np.int64))
+        lengths = {len(self.query), len(self.pid), len(self.ap), len(self.inp)}
+        if lengths != {len(self.first_rank)}:
+            raise ValueError("query, pid, ap, inp and first_rank need one entry per query")
 
     @property
     def valid(self) -> np.ndarray:
         """Boolean mask of the queries with at least one true match."""
-        return self.first_rank > 0
+        return np.asarray(self.first_rank) > 0
 
     def take(self, indices: np.ndarray) -> QueryScores:
         """The scores of the queries at ``indices`` (repeats allowed, as in a bootstrap)."""
         return QueryScores(
-            self.pid[indices], self.ap[indices], self.inp[indices], self.first_rank[indices]
+            self.pid[indices],
+            self.ap[indices],
+            self.inp[indices],
+            self.first_rank[indices],
+            self.query[indices],
         )
+
+    def values(self, metrics: Sequence[str] = METRICS) -> np.ndarray:
+        """(queries x metrics) float64 value of each query for each metric, whose mean over the
+        valid queries is the metric: AP for ``mAP``, INP for ``mINP``, 1 or 0 for ``rank<k>``
+        (first true match within the top k). Rows of queries without a true match are 0."""
+        return np.stack([self._column(metric) for metric in metrics], axis=1)
+
+    def _column(self, metric: str) -> np.ndarray:
+        valid = self.valid
+        if metric == "mAP":
+            column = np.asarray(self.ap, dtype=np.float64)
+        elif metric == "mINP":
+            column = np.asarray(self.inp, dtype=np.float64)
+        elif metric.startswith("rank") and metric[4:].isdigit() and int(metric[4:]) >= 1:
+            column = (np.asarray(self.first_rank) <= int(metric[4:])).astype(np.float64)
+        else:
+            raise ValueError(f"unknown metric {metric!r}: expected mAP, mINP or rank<k>")
+        return np.where(valid, column, 0.0)
+
+    def metrics(self, metrics: Sequence[str] = METRICS) -> np.ndarray:
+        """Each metric over the valid queries (NaN when none is valid), as the evaluation
+        reports it."""
+        valid = self.valid
+        if not valid.any():
+            return np.full(len(metrics), np.nan)
+        return self.values(metrics)[valid].mean(axis=0)
 
 
 @dataclass(frozen=True)

@@ -71,59 +71,12 @@ import numpy as np
 from scipy import special, stats
 
 from pipeline.errors import PipelineError
+from pipeline.evaluate.metrics import METRICS, QueryScores
 
-METRICS = ("mAP", "rank1", "rank5", "mINP")
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 BISECTIONS = 40  # halvings of a mixture quantile's bracket (at most 2 wide): to 2e-12
 BETTER, WORSE, UNCLEAR = "better", "worse", "no clear difference"
-
-
-@dataclass(frozen=True)
-class QueryScores:
-    """Per-query results of one evaluated run, one entry per query in evaluation order."""
-
-    query: np.ndarray  # id of the query, e.g. its row in the dataset index
-    pid: np.ndarray  # int identity of the query
-    ap: np.ndarray  # float average precision; NaN without a true match
-    inp: np.ndarray  # float inverse negative penalty; 0 without a true match
-    first_rank: np.ndarray  # int 1-based rank of the first true match; 0 without one
-
-    def __post_init__(self) -> None:
-        lengths = {len(self.query), len(self.pid), len(self.ap), len(self.inp)}
-        if lengths != {len(self.first_rank)}:
-            raise ValueError("query, pid, ap, inp and first_rank need one entry per query")
-
-    @property
-    def valid(self) -> np.ndarray:
-        """Queries with a true match: the ones the metrics average over."""
-        return np.asarray(self.first_rank) > 0
-
-    def values(self, metrics: Sequence[str] = METRICS) -> np.ndarray:
-        """(queries x metrics) float64 value of each query for each metric, whose mean over the
-        valid queries is the metric: AP for ``mAP``, INP for ``mINP``, 1 or 0 for ``rank<k>``
-        (first true match within the top k). Rows of queries without a true match are 0."""
-        return np.stack([self._column(metric) for metric in metrics], axis=1)
-
-    def _column(self, metric: str) -> np.ndarray:
-        valid = self.valid
-        if metric == "mAP":
-            column = np.asarray(self.ap, dtype=np.float64)
-        elif metric == "mINP":
-            column = np.asarray(self.inp, dtype=np.float64)
-        elif metric.startswith("rank") and metric[4:].isdigit() and int(metric[4:]) >= 1:
-            column = (np.asarray(self.first_rank) <= int(metric[4:])).astype(np.float64)
-        else:
-            raise ValueError(f"unknown metric {metric!r}: expected mAP, mINP or rank<k>")
-        return np.where(valid, column, 0.0)
-
-    def metrics(self, metrics: Sequence[str] = METRICS) -> np.ndarray:
-        """Each metric over the valid queries (NaN when none is valid), as the evaluation
-        reports it."""
-        valid = self.valid
-        if not valid.any():
-            return np.full(len(metrics), np.nan)
-        return self.values(metrics)[valid].mean(axis=0)
 
 
 @dataclass(frozen=True)

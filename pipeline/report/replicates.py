@@ -36,10 +36,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pipeline.errors import PipelineError
+from pipeline.evaluate.metrics import QueryScores
 from pipeline.evaluate.uncertainty import (
     CONFIDENCE,
     RESAMPLES,
-    QueryScores,
     bootstrap_interval,
     check_same_queries,
     identity_bootstrap,

@@ -33,7 +33,7 @@ from pipeline.tables import COMPARED_METRICS
 if TYPE_CHECKING:  # the report modules import matplotlib and SciPy: only inside run()
     import pandas as pd
 
-    from pipeline.evaluate.uncertainty import QueryScores
+    from pipeline.evaluate.metrics import QueryScores
     from pipeline.report.replicates import ReplicateTables
 
 log = logging.getLogger(__name__)
