@@ -379,9 +379,7 @@ def test_output_must_be_hdf5(demo_index, checkpoint, tmp_path):
 
 
 def test_input_size_must_be_positive(demo_index, checkpoint, tmp_path):
-    with pytest.raises(
-        PipelineError, match="input size must be positive, got --height 0 --width 32"
-    ):
+    with pytest.raises(PipelineError, match="--height must be 16 or more, got 0"):
         extract(demo_index, checkpoint, tmp_path / "q.h5", "--split", "query", "--height", "0")
 
 

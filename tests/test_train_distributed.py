@@ -31,8 +31,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.linear = nn.Linear(3 * 4 * 2, 8)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.linear(images.flatten(1)), dim=1)
+    def forward(self, images: torch.Tensor, with_outputs: bool = False):
+        embeddings = F.normalize(self.linear(images.flatten(1)), dim=1)
+        return (embeddings, {}) if with_outputs else embeddings
 
 
 class CameraProbe(LossTerm):
