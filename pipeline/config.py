@@ -103,14 +103,17 @@ def command_line(values: dict, section: dict, only: tuple[str, ...] | None = Non
     ``section`` is the section's schema (a generated settings schema: each property names its
     ``flag``); ``only`` restricts the keys passed. A key without a flag is the workflow's own
     (a workflow-only setting) and is left out. A boolean becomes ``--flag`` or ``--no-flag``,
-    None is left out (the stage's default), floats keep their full precision.
+    None is left out (the stage's default), floats keep their full precision. The options come
+    in the schema's order, whatever the order of the keys in the config file, so that a rule's
+    command (a Snakemake param) changes only when a value does.
     """
     properties = section["properties"]
     unknown = sorted(set(values) - set(properties))
     if unknown:
         raise KeyError(f"no setting(s) {', '.join(unknown)} in this section")
     words = []
-    for name, value in values.items():
+    for name in (name for name in properties if name in values):
+        value = values[name]
         flag = properties[name].get("flag")
         if (only is not None and name not in only) or value is None or flag is None:
             continue

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import deep_merge, validate_config
+from pipeline.config import command_line, deep_merge, validate_config
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +66,18 @@ def test_deep_merge_overrides_nested_keys_only():
     merged = deep_merge(base, {"refine": {"mode": "none"}})
     assert merged == {"refine": {"mode": "none", "p0": 1.0}, "beta": 1.0}
     assert base["refine"]["mode"] == "paper"
+
+
+def test_command_line_follows_the_schema_not_the_config_files_key_order():
+    section = {
+        "properties": {
+            "seed": {"flag": "--seed"},
+            "identities": {"flag": "--identities"},
+            "flip": {"flag": "--flip"},
+            "every_round": {},  # the workflow's own: no flag
+        }
+    }
+    written = {"flip": False, "identities": 24, "seed": 1, "every_round": True}
+    reordered = dict(reversed(list(written.items())))
+    expected = "--seed 1 --identities 24 --no-flip"
+    assert command_line(written, section) == command_line(reordered, section) == expected

@@ -298,6 +298,7 @@ def test_every_round_evaluates_each_earlier_round_for_the_report_only(tmp_path):
 def project_copy(tmp_path: Path) -> Path:
     """The workflow and the package, copied elsewhere (as a fresh checkout would be)."""
     copy = tmp_path / "checkout"
+    copy.mkdir()
     for name in ("Snakefile", "config.yaml", "workflow", "pipeline", "profiles"):
         source = ROOT / name
         if source.is_dir():
