@@ -168,7 +168,7 @@ def test_batchnorm_calibration_remakes_the_initial_model_from_the_index(tiny_wor
     assert not rules & {"demo_data", "index"}
     assert re.search(
         r"pipeline init-model .*--calibrate-bn --calibration-images 4096 .*"
-        r"--calibrate-index \S+/index\.csv",
+        r"--calibrate-index .+/index\.csv",  # quoted: the results folder holds a space
         result.stdout,
     )
     plain = snakemake(workdir, "--configfile", str(TINY), "-n", "--forcerun", "init_model")
