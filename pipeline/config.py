@@ -6,7 +6,9 @@ the config) refers to the sections of ``settings.schema.yaml``, which is generat
 stages' settings classes (:mod:`pipeline.settings`). References (``$ref: file#/pointer``) are
 inlined before validation, so defaults are filled through them too (Snakemake's own
 ``validate`` does not follow them). An unknown key or a wrong value is a :class:`PipelineError`
-naming the key. This module reads YAML only: the Snakemake process never imports PyTorch.
+naming the key. :func:`validate_workflow_config` adds the checks across sections that the
+workflow makes at start-up. This module reads YAML only: the Snakemake process never imports
+PyTorch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from pipeline.data.validate import check_intra_settings
 from pipeline.errors import PipelineError
+
+# the initial model's row of the comparison (`pipeline init-model`): one run shared by every seed
+INITIAL = "initial"
+# names the workflow writes at the top of <results>: no experiment may take them
+RESERVED_NAMES = ("shared", "logs", "benchmarks", "demo-data", INITIAL)
 
 
 def load_schema(schema_path: str | Path) -> dict:
@@ -84,6 +92,50 @@ def validate_config(config: dict, schema: str | Path | dict, source: str = "conf
             )
         raise PipelineError(f"{source}: key {where}: {error.message}")
     return filled
+
+
+def validate_workflow_config(
+    config: dict, schema: str | Path | dict, source: str = "config"
+) -> tuple[dict, dict[str, dict]]:
+    """The workflow's whole config validated (:func:`validate_config`, defaults filled), and each
+    experiment's ``inter`` section (the experiment's overrides merged into ``inter``, validated
+    against that section's schema), by experiment name.
+
+    Refused with a :class:`PipelineError`, before any job runs: an experiment named as one of
+    the workflow's own folders or rows (:data:`RESERVED_NAMES`), a ``compare.baseline`` that is
+    no row of the comparison (an experiment or :data:`INITIAL`), and, when an experiment
+    refines, a ``dataset.min_images_per_camera`` that admits cameras stage 1 cannot split.
+    """
+    if not isinstance(schema, dict):
+        schema = load_schema(schema)
+    validated = validate_config(config, schema, source)
+    experiments = {
+        name: validate_config(
+            deep_merge(validated["inter"], overrides),
+            schema["properties"]["inter"],
+            source=f"experiments.{name}",
+        )
+        for name, overrides in validated["experiments"].items()
+    }
+    reserved = sorted(set(experiments) & set(RESERVED_NAMES))
+    if reserved:
+        raise PipelineError(
+            f"experiment name(s) {', '.join(reserved)} are the workflow's own folder or row "
+            f"names ({', '.join(RESERVED_NAMES)}); rename the experiment(s)"
+        )
+    if any(settings["refine"]["mode"] != "none" for settings in experiments.values()):
+        check_intra_settings(
+            validated["dataset"]["min_images_per_camera"],
+            validated["intra"]["clustering"]["ratio"],
+        )
+    baseline = validated["compare"]["baseline"]
+    if baseline not in [*experiments, INITIAL]:
+        raise PipelineError(
+            f"compare.baseline {baseline!r} is none of the experiments "
+            f"({', '.join(experiments)}) nor {INITIAL!r} (the untrained model); name the "
+            "experiment the others are compared against"
+        )
+    return validated, experiments
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import command_line, deep_merge, validate_config
+from pipeline.config import command_line, deep_merge, validate_config, validate_workflow_config
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +35,33 @@ def test_empty_config_gets_every_default_including_referenced_schemas():
     ["config.yaml", *sorted(str(path.relative_to(ROOT)) for path in ROOT.glob("config/*.yaml"))],
 )
 def test_shipped_configs_and_their_experiments_validate(config_file):
-    config = validate_config(yaml.safe_load((ROOT / config_file).read_text()), SCHEMA)
+    # the workflow's start-up checks: every experiment's settings, its name, the comparison's
+    # baseline a row of the table
+    config, experiments = validate_workflow_config(
+        yaml.safe_load((ROOT / config_file).read_text()), SCHEMA, config_file
+    )
+    assert list(experiments) == list(config["experiments"])
     for name, overrides in config["experiments"].items():
-        validate_config(deep_merge(config["inter"], overrides), INTER_SCHEMA, name)
-    # the workflow refuses to start when the comparison's baseline is no row of the table
-    assert config["compare"]["baseline"] in [*config["experiments"], "initial"]
+        assert experiments[name] == validate_config(
+            deep_merge(config["inter"], overrides), INTER_SCHEMA, name
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"compare": {"baseline": "x"}}, r"compare.baseline 'x' is none of the experiments \(a\)"),
+        ({"experiments": {"shared": {}}}, r"experiment name\(s\) shared are the workflow's own"),
+        (
+            {"dataset": {"min_images_per_camera": 3}, "intra": {"clustering": {"ratio": 2}}},
+            r"min_images_per_camera 3 admits cameras that intra.clustering.ratio 2 cannot split",
+        ),
+    ],
+)
+def test_the_workflows_start_up_checks_name_what_to_change(change, message):
+    config = deep_merge({"experiments": {"a": {}}, "compare": {"baseline": "a"}}, change)
+    with pytest.raises(PipelineError, match=message):
+        validate_workflow_config(config, SCHEMA)
 
 
 def test_unknown_key_is_named_with_its_place_and_the_allowed_keys():

@@ -112,3 +112,27 @@ def test_a_later_non_finite_loss_keeps_the_weights_of_the_steps_before_it():
     assert torch.equal(model.linear.weight, expected.linear.weight)
     classifier, expected_classifier = (t["camera"].classifier for t in (terms, expected_terms))
     assert torch.equal(classifier.mlp[0].weight, expected_classifier.mlp[0].weight)
+
+
+def test_the_cpu_optimizer_is_torchs_plain_adam_to_the_last_bit():
+    """On the CPU the fused Adam kernel rounds differently; training there keeps the results of
+    torch's per-parameter Adam (the pipeline's before the GPU path)."""
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(64, 33, generator=generator)
+    gradients = [torch.randn(64, 33, generator=generator) for _ in range(4)]
+    weights = {}
+    for name in ("pipeline", "plain", "fused"):
+        parameter = nn.Parameter(start.clone())
+        if name == "pipeline":
+            optimizer = build_optimizer([parameter], lr=3.5e-4, weight_decay=5e-4)
+        else:
+            optimizer = torch.optim.Adam(
+                [parameter], lr=3.5e-4, weight_decay=5e-4, fused=name == "fused"
+            )
+        for gradient in gradients:
+            parameter.grad = gradient.clone()
+            optimizer.step()
+        weights[name] = parameter.detach()
+    assert not build_optimizer([nn.Parameter(start)], 0.1, 0.0).defaults["fused"]
+    assert torch.equal(weights["pipeline"], weights["plain"])
+    assert not torch.equal(weights["fused"], weights["plain"])  # what the test guards against

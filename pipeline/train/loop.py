@@ -11,10 +11,11 @@ The step never waits for the device: images arrive in pinned memory and are copi
 blocking, the losses and the memory live on the device, and the loss values are summed there.
 The loop waits only every :data:`LOG_EVERY` steps and at the end of the epoch, to show the loss
 and to check that every loss so far was finite. A non-finite loss still never reaches the
-weights: the step that computed it is flagged on the device, the fused Adam step skips itself
-when flagged (``found_inf``, as under mixed-precision loss scaling), and so does every later step
-of the epoch, and at the next check training stops with a PipelineError naming the epoch and
-the iteration of the first such loss.
+weights: the step that computed it is flagged on the device, the optimizer step is skipped when
+flagged (on the GPU the fused Adam step skips itself through its ``found_inf``, as under
+mixed-precision loss scaling; on the CPU reading the flag waits for nothing), and so is every
+later step of the epoch, and at the next check training stops with a PipelineError naming the
+epoch and the iteration of the first such loss.
 
 In a job of several processes (:mod:`pipeline.train.distributed`) ``model`` is the
 DistributedDataParallel encoder, the loss terms' gradients are averaged over the processes, the
@@ -46,8 +47,25 @@ LOG_EVERY = 20
 
 
 def build_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Adam:
-    """Adam, fused: one kernel per step, which skips itself when its ``found_inf`` is set."""
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    """Adam over ``params`` (tensors, all on one device). On CUDA fused: one kernel per step,
+    which skips itself when its ``found_inf`` is set, so the loop never waits for the GPU.
+    Elsewhere torch's per-parameter Adam: the fused CPU kernel rounds differently (its weights
+    are not bit-equal to it after one step), and the CPU results stay those the pipeline gave
+    before the GPU path was added."""
+    params = list(params)
+    fused = params[0].device.type == "cuda"
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """One step of :func:`build_optimizer`'s ``optimizer``, none when ``skip`` (a 0-d tensor on
+    the device) is nonzero: the fused step reads it on the device, the plain one on the CPU."""
+    if optimizer.defaults["fused"]:
+        optimizer.found_inf = skip
+        optimizer.step()
+        del optimizer.found_inf
+    elif not skip.item():
+        optimizer.step()
 
 
 def build_scheduler(
@@ -114,7 +132,7 @@ def train_epoch(
     over the processes of ``group``), as ``loss_<name>`` columns and their weighted sum
     ``loss_total``.
 
-    ``optimizer`` is :func:`build_optimizer`'s (its step must honour ``found_inf``). The
+    ``optimizer`` is :func:`build_optimizer`'s (see :func:`optimizer_step`). The
     terms' ``start_epoch`` hooks must have run. ``epoch`` (0-based) only names the epoch in the
     progress bar and in errors.
     """
@@ -152,9 +170,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         group.average_gradients(term_parameters)
-        optimizer.found_inf = failure.flag  # the fused step does nothing once it is set
-        optimizer.step()
-        del optimizer.found_inf
+        optimizer_step(optimizer, skip=failure.flag)  # nothing once a loss was not finite
         stepped = Batch(group.gather(batch.features.detach()), group.gather(positions), targets)
         for term in losses.values():
             term.after_step(stepped)

@@ -159,10 +159,11 @@ class _TrainingState:
     def load(self, state: dict, *, rng: bool) -> None:
         """Carry on from a checkpoint's optimizer, scheduler, loss terms, epoch and history (and
         with ``rng`` its random state: a resumed job, not the next round)."""
-        # a checkpoint of an optimizer that was not fused (written before it was) carries on
-        # fused, with its step counts on the device as the fused step keeps them
+        # a checkpoint written on another device carries on as this job's optimizer steps
+        # (fused on CUDA, with its step counts on the device as the fused step keeps them)
         optimizer = state["optimizer"]
-        groups = [{**group, "fused": True, "foreach": None} for group in optimizer["param_groups"]]
+        fused = self.optimizer.defaults["fused"]
+        groups = [{**group, "fused": fused, "foreach": None} for group in optimizer["param_groups"]]
         self.checkpointer.restore(
             {**state, "optimizer": {**optimizer, "param_groups": groups}},
             ("optimizer", "scheduler", "losses") + (("rng",) if rng else ()),

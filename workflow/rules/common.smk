@@ -9,18 +9,18 @@ import pandas as pd
 from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
-from pipeline.config import command_line, deep_merge, load_schema, validate_config  # noqa: E402
-from pipeline.data.validate import check_intra_settings  # noqa: E402
+from pipeline.config import (  # noqa: E402
+    INITIAL,
+    command_line,
+    load_schema,
+    validate_workflow_config,
+)
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.sources import code_hash  # noqa: E402
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 # the config schema, references inlined: a section's schema names each key's command-line flag
 CONFIG_SCHEMA = load_schema(SCHEMAS / "config.schema.yaml")
-# the initial model's experiment name (`pipeline init-model`): one run shared by every seed
-INITIAL = "initial"
-# names the workflow writes at the top of <results>: no experiment may take them
-RESERVED_NAMES = ("shared", "logs", "benchmarks", "demo-data", INITIAL)
 
 
 def check_results_folder(results: str) -> str:
@@ -41,35 +41,10 @@ def check_results_folder(results: str) -> str:
 
 
 try:
-    _validated = validate_config(
+    _validated, EXPERIMENTS = validate_workflow_config(
         config, CONFIG_SCHEMA, source=", ".join(map(str, workflow.configfiles)) or "config"
     )
-    EXPERIMENTS = {
-        name: validate_config(
-            deep_merge(_validated["inter"], overrides),
-            CONFIG_SCHEMA["properties"]["inter"],
-            source=f"experiments.{name}",
-        )
-        for name, overrides in _validated["experiments"].items()
-    }
-    _reserved = sorted(set(EXPERIMENTS) & set(RESERVED_NAMES))
-    if _reserved:
-        raise PipelineError(
-            f"experiment name(s) {', '.join(_reserved)} are the workflow's own folder or row "
-            f"names ({', '.join(RESERVED_NAMES)}); rename the experiment(s)"
-        )
     RESULTS = check_results_folder(_validated["results"])
-    if any(settings["refine"]["mode"] != "none" for settings in EXPERIMENTS.values()):
-        check_intra_settings(
-            _validated["dataset"]["min_images_per_camera"],
-            _validated["intra"]["clustering"]["ratio"],
-        )
-    if _validated["compare"]["baseline"] not in [*EXPERIMENTS, INITIAL]:
-        raise PipelineError(
-            f"compare.baseline {_validated['compare']['baseline']!r} is none of the experiments "
-            f"({', '.join(EXPERIMENTS)}) nor {INITIAL!r} (the untrained model); name the "
-            "experiment the others are compared against"
-        )
 except PipelineError as error:
     raise WorkflowError(f"Invalid configuration: {error}") from None
 config.clear()
